@@ -229,3 +229,38 @@ def test_bad_configuration():
         Recurrent("gru", 4, 5, num_layers=0)
     with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\), got 1.5"):
         Recurrent("gru", 4, 5, dropout=1.5)
+
+
+@pytest.mark.parametrize("cell,with_lengths", list(itertools.product(["elman", "lstm", "gru"], [False, True])))
+def test_variational_dropout_and_weight_drop_agree_across_backends(cell, with_lengths):
+    """Same random draws -> same function: the masks are drawn in the same order by both backends."""
+    rec = Recurrent(cell, E, H, num_layers=3, dropout=0.4, variational=True, weight_drop=0.3).double().train()
+    x = torch.randn(6, 3, E, dtype=torch.float64)
+    lengths = [6, 6, 6] if with_lengths else None  # equal lengths: packing keeps the batch order
+    outs = []
+    for backend in ("fused", "reference"):
+        rec.backend = backend
+        torch.manual_seed(11)
+        outs.append(_run(rec, backend, x, None, lengths))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=0)
+
+
+def test_variational_mask_is_locked_over_time():
+    ones = torch.ones(50, 4, 16)
+    locked = Recurrent("elman", E, H, dropout=0.5, variational=True).train()._between_layers(ones, (1, 4, 16))
+    assert (locked == locked[0]).all() and (locked[0] == 0).any()  # one mask for every step
+    fresh = Recurrent("elman", E, H, dropout=0.5).train()._between_layers(ones, (1, 4, 16))
+    assert not (fresh == fresh[0]).all()
+
+
+def test_weight_drop_changes_W_only_in_training():
+    rec = Recurrent("lstm", E, H, weight_drop=0.5)
+    x = torch.randn(4, 2, E)
+    rec.eval()
+    torch.testing.assert_close(rec(x)[0], rec(x)[0])
+    rec.train()
+    torch.manual_seed(1)
+    a = rec(x)[0]
+    torch.manual_seed(2)
+    assert not torch.allclose(a, rec(x)[0])

@@ -11,6 +11,7 @@ and can also return every state at every step (`trace`). Tests hold the two equa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -52,6 +53,10 @@ class Recurrent(nn.Module):
         cell: "elman", "lstm" or "gru".
         input_size: E.  hidden_size: H.  num_layers: L.
         dropout: dropout on the outputs of every layer but the last (as torch.nn does), in training.
+        variational: use one dropout mask for all time steps of a sequence (locked dropout,
+            Gal & Ghahramani 2016) instead of a fresh mask at every step.
+        weight_drop: DropConnect on every recurrent matrix W in training (Merity et al. 2017,
+            section 2): one mask per forward call, shared by all time steps.
         bidirectional: run a second stack of cells backwards in time (D = 2) and concatenate.
         batch_first: x and outputs are (B, T, .) instead of (T, B, .); states are not affected.
         backend: "fused", "reference", or "auto" (fused, except in `trace`).
@@ -70,14 +75,17 @@ class Recurrent(nn.Module):
         bidirectional: bool = False,
         batch_first: bool = False,
         backend: str = "auto",
+        variational: bool = False,
+        weight_drop: float = 0.0,
         **cell_options: Any,
     ) -> None:
         super().__init__()
         cell_class(cell)
         if isinstance(num_layers, bool) or not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
-        if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        for name, p in (("dropout", dropout), ("weight_drop", weight_drop)):
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1), got {p!r}")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.cell = cell
@@ -88,6 +96,8 @@ class Recurrent(nn.Module):
         self.bidirectional = bool(bidirectional)
         self.batch_first = bool(batch_first)
         self.backend = backend
+        self.variational = bool(variational)
+        self.weight_drop = float(weight_drop)
         self.cell_options = dict(cell_options)
         D = self.num_directions
         self.cells = nn.ModuleList(
@@ -116,7 +126,8 @@ class Recurrent(nn.Module):
         return (
             f"{self.cell!r}, {self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
             f"dropout={self.dropout}, bidirectional={self.bidirectional}, "
-            f"batch_first={self.batch_first}, backend={self.backend!r}"
+            f"batch_first={self.batch_first}, backend={self.backend!r}, variational={self.variational}, "
+            f"weight_drop={self.weight_drop}"
         )
 
     # ---------------------------------------------------------------- state and input checks
@@ -210,25 +221,61 @@ class Recurrent(nn.Module):
         """Every cell's weights in the fused kernels' order: per layer, per direction, 2 or 4 tensors."""
         return [w for cell in self.cells for w in cell.flat_weights()]
 
+    def _dropped_W(self) -> list[Tensor | None]:
+        """Per cell, W with DropConnect applied (in training with weight_drop > 0), else None."""
+        if not (self.training and self.weight_drop > 0):
+            return [None] * len(self.cells)
+        return [F.dropout(cell.W, self.weight_drop, True) for cell in self.cells]
+
+    def _between_layers(self, h: Tensor, mask_shape: tuple[int, ...]) -> Tensor:
+        """Dropout on a layer's output before the next layer; with `variational`, mask_shape
+        broadcasts one mask over time."""
+        if not self.variational:
+            return F.dropout(h, self.dropout, self.training)
+        keep = 1.0 - self.dropout
+        return h * h.new_empty(mask_shape).bernoulli_(keep).div_(keep)
+
     def _fused(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         kernel = _FUSED[self.mode]
-        args = (self.flat_weights(), self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
-        if lengths is None:
-            result = kernel(x, state, *args, False)
-            return result[0], (result[1], result[2]) if self.has_cell_state else result[1]
-        packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
-        order, unorder = packed.sorted_indices, packed.unsorted_indices
-        # the kernel reads sequences longest first: permute the state to that order and back
-        if self.has_cell_state:
-            state = (state[0].index_select(1, order), state[1].index_select(1, order))
-        else:
-            state = state.index_select(1, order)
-        result = kernel(packed.data, packed.batch_sizes, state, *args)
-        out = PackedSequence(result[0], packed.batch_sizes, order, unorder)
-        outputs, _ = pad_packed_sequence(out, total_length=x.shape[0])  # (T, B, D*H)
-        if self.has_cell_state:
-            return outputs, (result[1].index_select(1, unorder), result[2].index_select(1, unorder))
-        return outputs, result[1].index_select(1, unorder)
+        weights = []
+        for cell, W in zip(self.cells, self._dropped_W()):
+            w = cell.flat_weights()
+            weights += w if W is None else [w[0], W, *w[2:]]
+        T, B, D, L = x.shape[0], x.shape[1], self.num_directions, self.num_layers
+        per_layer = len(weights) // L
+        packed = None
+        if lengths is not None:
+            packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+            order = packed.sorted_indices
+            # the kernel reads sequences longest first: permute the state to that order and back
+            state = tuple(s.index_select(1, order) for s in state) if self.has_cell_state else state.index_select(1, order)
+            x = packed.data  # (sum of lengths, E)
+        # One kernel call for all layers, unless locked masks must go between them.
+        locked = self.training and self.dropout > 0 and self.variational and L > 1
+        groups = [(layer, layer + 1) for layer in range(L)] if locked else [(0, L)]
+        finals: list[list[Tensor]] = []
+        for first, last in groups:
+            hx = tuple(s[first * D : last * D] for s in state) if self.has_cell_state else state[first * D : last * D]
+            args = (weights[first * per_layer : last * per_layer], self.bias, last - first,
+                    0.0 if locked else self.dropout, self.training, self.bidirectional)
+            result = kernel(x, hx, *args, False) if packed is None else kernel(x, packed.batch_sizes, hx, *args)
+            x = result[0]
+            finals.append(list(result[1:]))
+            if locked and last < L:
+                # one mask per sequence: (1, B, D*H) padded, or the rows of each step when packed
+                mask_shape = (1, B, x.shape[-1])
+                if packed is None:
+                    x = self._between_layers(x, mask_shape)
+                else:
+                    mask = self._between_layers(x.new_ones(B, x.shape[-1]), (B, x.shape[-1]))
+                    x = x * torch.cat([mask[:n] for n in packed.batch_sizes.tolist()])
+        final = [torch.cat(parts) for parts in zip(*finals)]  # (L*D, B, H) each
+        if packed is not None:
+            unorder = packed.unsorted_indices
+            out = PackedSequence(x, packed.batch_sizes, packed.sorted_indices, unorder)
+            x, _ = pad_packed_sequence(out, total_length=T)  # (T, B, D*H)
+            final = [f.index_select(1, unorder) for f in final]
+        return x, (final[0], final[1]) if self.has_cell_state else final[0]
 
     def _reference(
         self, x: Tensor, state: State, lengths: Tensor | None, keep_steps: bool
@@ -238,16 +285,18 @@ class Recurrent(nn.Module):
         # valid[t, b]: step t lies inside sequence b; past the end the state is held, the output is 0
         valid = None if lengths is None else (torch.arange(T, device=x.device)[:, None] < lengths)[..., None]
         layer_input, finals, steps = x, [], []
+        dropped_W = self._dropped_W()
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(D):
                 k = layer * D + direction
                 cell: Cell = self.cells[k]
+                step = cell if dropped_W[k] is None else partial(_with_W, cell, dropped_W[k])
                 s = (state[0][k], state[1][k]) if self.has_cell_state else state[k]
                 hs: list[Any] = [None] * T
                 kept: list[Any] = [None] * T
                 for t in range(T) if direction == 0 else range(T - 1, -1, -1):
-                    h, new = cell(layer_input[t], s)
+                    h, new = step(layer_input[t], s)
                     if valid is not None:
                         h = torch.where(valid[t], h, torch.zeros_like(h))
                         new = _where(valid[t], new, s)
@@ -258,7 +307,7 @@ class Recurrent(nn.Module):
                     steps.append(tuple(kept))
             layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]  # (T, B, D*H)
             if layer < self.num_layers - 1 and self.dropout > 0:
-                layer_input = F.dropout(layer_input, self.dropout, self.training)
+                layer_input = self._between_layers(layer_input, (1, x.shape[1], layer_input.shape[-1]))
         if self.has_cell_state:
             final: State = (torch.stack([f[0] for f in finals]), torch.stack([f[1] for f in finals]))
         else:
@@ -353,6 +402,11 @@ def _torch_weights(module: nn.RNNBase) -> list[list[Tensor]]:
     per = 4 if module.bias else 2
     flat = module._flat_weights
     return [flat[i : i + per] for i in range(0, len(flat), per)]
+
+
+def _with_W(cell: Cell, W: Tensor, x: Tensor, state: State) -> tuple[Tensor, State]:
+    """One step of `cell` with its recurrent matrix replaced by W (weight drop)."""
+    return torch.func.functional_call(cell, {"W": W}, (x, state))
 
 
 def _where(keep: Tensor, new: State, old: State) -> State:
