@@ -1,0 +1,1 @@
+"""The `rnnkit` subcommands, one module each (a module may add a group of related commands)."""

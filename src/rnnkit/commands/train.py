@@ -1,0 +1,168 @@
+"""`rnnkit train`: train a recurrent language model on a text corpus into a model directory."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import read_config, read_json
+from ..errors import RnnkitError
+from ..lm import LMConfig
+from ..text import build_corpus, load_tokenizer
+from ..train import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, train
+
+# flag -> (section, field); every flag defaults to None so that --config and the defaults show through
+FLAGS = {
+    "cell": ("model", "cell"), "hidden": ("model", "hidden_size"), "embedding": ("model", "embedding_size"),
+    "layers": ("model", "num_layers"), "dropout": ("model", "dropout"), "tie_weights": ("model", "tie_weights"),
+    "epochs": ("train", "epochs"), "max_minutes": ("train", "max_minutes"), "batch_size": ("train", "batch_size"),
+    "bptt": ("train", "bptt"), "lr": ("train", "lr"), "optimizer": ("train", "optimizer"),
+    "schedule": ("train", "schedule"), "clip": ("train", "clip"), "seed": ("train", "seed"),
+    "device": ("train", "device"), "eval_every": ("train", "eval_every"),
+    "checkpoint_every": ("train", "checkpoint_every"), "early_stop": ("train", "early_stop"),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a language model on text", description=__doc__)
+    p.add_argument("--data", type=Path, help="training text: a file or a folder of .txt files (default: the household corpus)")
+    p.add_argument("--valid", type=Path, help="validation text (default: 5%% carved off the training text)")
+    p.add_argument("--test", type=Path, help="test text (default: 5%% carved off the training text)")
+    p.add_argument("--out", type=Path, default=Path("runs/lm"), help="model directory (default: runs/lm)")
+    p.add_argument("--config", type=Path, help='JSON file {"model": {...}, "train": {...}}; flags override it')
+    p.add_argument("--cell", choices=["elman", "lstm", "gru"])
+    p.add_argument("--tokenizer", choices=["char", "word", "bpe"], help="default: word")
+    p.add_argument("--vocab-size", type=int, help="cap on the vocabulary (rarer tokens become <unk>)")
+    p.add_argument("--hidden", type=int, help="hidden units H (default 256)")
+    p.add_argument("--embedding", type=int, help="embedding size E (default: H)")
+    p.add_argument("--layers", type=int, help="recurrent layers (default 2)")
+    p.add_argument("--dropout", type=float, help="dropout on outputs and between layers (default 0)")
+    p.add_argument("--tie-weights", action="store_const", const=True, help="share the embedding and output matrices")
+    p.add_argument("--epochs", type=int, help="passes over the training text (default 10)")
+    p.add_argument("--max-minutes", type=float, help="stop after this much training time, then save and evaluate")
+    p.add_argument("--batch-size", type=int, help="parallel streams B (default 20)")
+    p.add_argument("--bptt", type=int, help="steps per window T (default 35)")
+    p.add_argument("--lr", type=float, help="learning rate (default 20 for sgd/asgd, 0.002 for adamw)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default: sgd")
+    p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default: plateau)")
+    p.add_argument("--clip", type=float, help="gradient-norm clipping (default 0.25)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when present)")
+    p.add_argument("--eval-every", type=int, help="also evaluate every N steps")
+    p.add_argument("--checkpoint-every", type=int, help="save the trainer state every N steps (default 200)")
+    p.add_argument("--early-stop", type=int, help="stop after N evaluations without improvement")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The model, train and data settings: defaults < --config file < flags."""
+    sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "data": {}}
+    if args.config is not None:
+        loaded = read_json(args.config, "the --config file")
+        if not isinstance(loaded, dict) or set(loaded) - set(sections):
+            raise RnnkitError(f'{args.config}: expected a JSON object with "model", "train" and/or "data" sections')
+        for name, values in loaded.items():
+            if not isinstance(values, dict):
+                raise RnnkitError(f'{args.config}: section "{name}" must be a JSON object')
+            sections[name].update(values)
+    for flag, (section, field) in FLAGS.items():
+        if getattr(args, flag) is not None:
+            sections[section][field] = getattr(args, flag)
+    for flag in ("tokenizer", "vocab_size"):
+        if getattr(args, flag) is not None:
+            sections["data"][flag] = getattr(args, flag)
+    return sections["model"], sections["train"], sections["data"]
+
+
+def _default_data(out: Path) -> Path:
+    from ..text.household import write_corpus
+
+    path = out / "data" / "household.txt"
+    if not path.exists():
+        write_corpus(path)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    model_fields, train_fields, data = _configs(args)
+    unknown = set(data) - {"tokenizer", "vocab_size"}
+    if unknown:
+        raise RnnkitError(f"unknown data setting(s): {', '.join(sorted(unknown))}")
+    try:
+        config = TrainConfig.from_dict(train_fields)
+    except TypeError as e:
+        raise RnnkitError(f"bad training setting: {e}") from None
+    out: Path = args.out
+    if args.resume:
+        saved = read_config(out)
+        tokenizer: Any = load_tokenizer(out / "tokenizer.json")
+        if data.get("tokenizer", tokenizer.kind) != tokenizer.kind:
+            raise RnnkitError(f"--resume with another tokenizer ({data['tokenizer']}) than the {tokenizer.kind} one in {out}")
+        model_fields = {**saved["model"], **model_fields}
+    else:
+        tokenizer = data.get("tokenizer", "word")
+    train_path = args.data if args.data is not None else _default_data(out)
+    corpus = build_corpus(
+        train_path, args.valid, args.test, out_dir=out / "data", tokenizer=tokenizer, vocab_size=data.get("vocab_size")
+    )
+    try:
+        model_config = LMConfig.from_dict({**model_fields, "vocab_size": corpus.tokenizer.vocab_size})
+    except (TypeError, ValueError) as e:
+        raise RnnkitError(f"bad model setting: {e}") from None
+    reporter = _Progress(quiet=args.quiet)
+    try:
+        summary = train(out, corpus, model_config, config, resume=args.resume, callback=reporter)
+    finally:
+        reporter.close()
+    if summary["stopped"] == "interrupted":
+        print(f"rnnkit: interrupted at step {summary['steps']}; saved in {out}, continue with --resume", file=sys.stderr)
+        return 130
+    from ..checkpoint import load_model
+
+    model, _ = load_model(out, summary["device"])
+    test = evaluate(model, corpus.test, config.eval_batch_size, config.bptt)
+    record = {"test_loss": test["loss"], "test_perplexity": test["perplexity"], "test_tokens": test["tokens"]}
+    (out / "results.json").write_text(json.dumps({**summary, **record}, indent=2) + "\n")
+    print(
+        f"{summary['stopped']} after {summary['steps']} steps: best valid perplexity "
+        f"{math.exp(summary['best_valid']):.2f}, test perplexity {test['perplexity']:.2f}; model in {out}"
+    )
+    return 0
+
+
+class _Progress:
+    """A tqdm bar over the training steps, with loss, perplexity and tokens/s; tqdm shows time left."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        if event == "start":
+            self.bar = tqdm(total=info["steps"], initial=info["step"], unit="step", dynamic_ncols=True, file=sys.stderr)
+            self.bar.write(f"training on {info['device']}, {info['windows']} windows per epoch")
+        elif event == "step" and self.bar is not None:
+            self.bar.update(info["step"] - self.bar.n)
+            self.bar.set_postfix(
+                epoch=info["epoch"] + 1, loss=f"{info['loss']:.3f}", ppl=f"{math.exp(min(info['loss'], 50)):.1f}",
+                tok_s=f"{info['tokens_per_s']:.0f}", lr=f"{info['lr']:.3g}",
+            )
+        elif event == "eval" and self.bar is not None:
+            self.bar.write(
+                f"step {info['step']}: valid perplexity {info['valid_perplexity']:.2f}"
+                + (" (best, saved)" if info["best"] else "")
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,90 @@
+"""`rnnkit evaluate`, `predict` and `generate`: use a trained model directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import load_model
+from ..generate import beam_search, predict_next, sample
+from ..text.files import read_blocks, text_files, whole
+from ..train import evaluate, resolve_device
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="perplexity of a model on a text file")
+    p.add_argument("model", type=Path, help="model directory")
+    p.add_argument("--data", type=Path, required=True, help="text file or folder of .txt files")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    p.set_defaults(run=run_evaluate)
+
+    p = sub.add_parser("predict", help="the most probable next tokens after a prompt")
+    p.add_argument("model", type=Path, help="model directory")
+    p.add_argument("prompt", help='e.g. "I picked up the remote controller on the couch and turned on the"')
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_predict)
+
+    p = sub.add_parser("generate", help="generate text from a prompt")
+    p.add_argument("model", type=Path, help="model directory")
+    p.add_argument("--prompt", default="", help="text to continue (default: none)")
+    p.add_argument("--length", type=int, default=50, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 for greedy decoding")
+    p.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
+    p.add_argument("--top-p", type=float, help="sample among the most probable tokens that make up this mass")
+    p.add_argument("--beam", type=int, help="beam search of this width instead of sampling")
+    p.add_argument("--seed", type=int, help="random seed for sampling")
+    p.set_defaults(run=run_generate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    model, tokenizer = load_model(args.model, resolve_device(args.device))
+    blocks = read_blocks(whole(text_files(args.data, "evaluation text")))
+    ids = np.concatenate([tokenizer.encode_array(block, add_eos=False) for block in blocks])
+    metrics = evaluate(model, ids)
+    result = {"perplexity": metrics["perplexity"], "loss": metrics["loss"], "tokens": metrics["tokens"]}
+    if tokenizer.kind == "char":
+        result["bits_per_char"] = metrics["loss"] / math.log(2)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        extra = f", {result['bits_per_char']:.3f} bits per character" if "bits_per_char" in result else ""
+        print(f"perplexity {result['perplexity']:.2f} over {result['tokens']} tokens{extra}")
+    return 0
+
+
+def _warn_unknown(words: list[str]) -> None:
+    if words:
+        print(f"rnnkit: warning: not in the vocabulary, read as <unk>: {', '.join(words)}", file=sys.stderr)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    model, tokenizer = load_model(args.model)
+    predictions, unknown = predict_next(model, tokenizer, args.prompt, args.top_k)
+    _warn_unknown(unknown)
+    if args.json:
+        print(json.dumps({"prompt": args.prompt, "predictions": [{"token": p.token, "prob": p.prob} for p in predictions]}))
+    else:
+        for p in predictions:
+            print(f"{p.prob:7.2%}  {p.token}")
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    model, tokenizer = load_model(args.model)
+    _warn_unknown(tokenizer.unknown_words(args.prompt))
+    if args.beam is not None:
+        text, _ = beam_search(model, tokenizer, args.prompt, args.length, args.beam)
+        print(args.prompt + (" " if args.prompt and tokenizer.kind == "word" else "") + text)
+        return 0
+    print(args.prompt, end=" " if args.prompt and tokenizer.kind == "word" else "", flush=True)
+    for piece in sample(model, tokenizer, args.prompt, args.length, args.temperature, args.top_k, args.top_p, args.seed):
+        print(piece, end="", flush=True)
+    print()
+    return 0
