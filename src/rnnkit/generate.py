@@ -26,18 +26,23 @@ def _device(model: RNNLanguageModel) -> torch.device:
     return next(model.parameters()).device
 
 
+def line_end_id(tokenizer: Tokenizer) -> int:
+    """The token that ends a line: <eos>, or the newline character for a char tokenizer."""
+    return tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.encode("\n")[-1]
+
+
 def encode_prompt(tokenizer: Tokenizer, prompt: str) -> tuple[list[int], list[str]]:
     """The prompt's ids (its last line left open), starting after a line end as training text
     does, and the prompt words that are out of vocabulary (they read as <unk>)."""
-    start = tokenizer.eos_id if tokenizer.eos_id is not None else tokenizer.encode("\n")[-1]
-    return [start, *tokenizer.encode(prompt, add_eos=False)], tokenizer.unknown_words(prompt)
+    return [line_end_id(tokenizer), *tokenizer.encode(prompt, add_eos=False)], tokenizer.unknown_words(prompt)
 
 
 @torch.no_grad()
 def _read(model: RNNLanguageModel, ids: list[int]) -> tuple[Tensor, State]:
-    """Run the model over ids; return the log-probabilities (V,) of the next token and the state."""
+    """Run the model over ids from the start state; return the log-probabilities (V,) of the next
+    token and the state."""
     x = torch.tensor(ids, dtype=torch.long, device=_device(model))[:, None]  # (T, 1)
-    logits, state = model(x)
+    logits, state = model(x, model.start_state(1))
     return F.log_softmax(logits[-1, 0].float(), dim=-1), state
 
 

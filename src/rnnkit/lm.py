@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -87,9 +88,37 @@ class RNNLanguageModel(nn.Module):
         nn.init.zeros_(self.head.bias)
         if not config.tie_weights:
             nn.init.uniform_(self.head.weight, -0.1, 0.1)
+        # The state at the start of a line, for reading a prompt: (S, L*D, H), S = 2 for (h, c).
+        # Training carries state across lines, so the zero state is seen once per epoch and a prompt
+        # read from it is read badly; `calibrate_start_state` sets this from real line ends.
+        parts = 2 if self.rnn.has_cell_state else 1
+        self.register_buffer("start", torch.zeros(parts, config.num_layers, config.hidden_size))
 
     def init_state(self, batch_size: int) -> State:
+        """The zero state, where training streams begin."""
         return self.rnn.init_state(batch_size)
+
+    def start_state(self, batch_size: int) -> State:
+        """The calibrated state of a line start, for prompts: h (L, B, H), or (h, c)."""
+        parts = tuple(p[:, None].expand(-1, batch_size, -1).contiguous() for p in self.start)  # (L, B, H) each
+        return parts if self.rnn.has_cell_state else parts[0]
+
+    @torch.no_grad()
+    def calibrate_start_state(self, ids: Any, line_end: int, lines: int = 64, context: int = 40) -> None:
+        """Set the start state to the mean state after up to `lines` line ends of `ids`, each
+        reached by reading the `context` tokens before it from the zero state."""
+        ids = torch.as_tensor(np.asarray(ids[: 200 * context * lines], dtype=np.int64))
+        ends = (ids == line_end).nonzero().flatten()
+        ends = ends[ends >= context][:lines]
+        if len(ends) == 0:
+            return
+        was_training = self.training
+        self.eval()
+        windows = torch.stack([ids[e - context + 1 : e + 1] for e in ends.tolist()], dim=1)  # (context, N)
+        _, state = self(windows.to(self.start.device))
+        parts = state if isinstance(state, tuple) else (state,)
+        self.start.copy_(torch.stack([p.mean(dim=1) for p in parts]))  # (S, L, H)
+        self.train(was_training)
 
     def _dropout(self, x: Tensor, p: float) -> Tensor:
         if not self.training or p == 0:

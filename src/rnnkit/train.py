@@ -25,6 +25,7 @@ from torch import Tensor
 
 from . import checkpoint as ckpt
 from .errors import RnnkitError
+from .generate import line_end_id
 from .lm import LMConfig, RNNLanguageModel
 from .text import BPTTBatches, Corpus, detach_state
 
@@ -249,6 +250,7 @@ def train(
             improved = metrics["loss"] < st["best"]
             if improved:
                 st["best"], st["bad"] = metrics["loss"], 0
+                model.calibrate_start_state(corpus.valid, line_end_id(corpus.tokenizer))
                 ckpt.save_model(directory, model, corpus.tokenizer, train_dict)
             else:
                 st["bad"] += 1

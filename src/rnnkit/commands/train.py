@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps({**summary, **record}, indent=2) + "\n")
     print(
         f"{summary['stopped']} after {summary['steps']} steps: best valid perplexity "
-        f"{math.exp(summary['best_valid']):.2f}, test perplexity {test['perplexity']:.2f}; model in {out}"
+        f"{math.exp(min(summary['best_valid'], 700)):.2f}, test perplexity {test['perplexity']:.2f}; model in {out}"
     )
     return 0
 

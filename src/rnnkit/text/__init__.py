@@ -1,0 +1,42 @@
+"""Text for language models: tokenizers, corpora on disk, and batches for truncated BPTT.
+
+    text files -> Tokenizer (char | word | bpe) -> Corpus (ids in memmaps) -> BPTTBatches (T, B)
+"""
+
+from .batching import BPTTBatches, detach_state
+from .corpus import HOLDOUT, SPLITS, Corpus, build_corpus, open_corpus, plan_splits
+from .files import text_files
+from .tokenizers import (
+    EOS,
+    KINDS,
+    UNK,
+    BPETokenizer,
+    CharTokenizer,
+    Tokenizer,
+    WordTokenizer,
+    load_tokenizer,
+    train_tokenizer,
+    train_tokenizer_from_text,
+)
+
+__all__ = [
+    "EOS",
+    "HOLDOUT",
+    "KINDS",
+    "SPLITS",
+    "UNK",
+    "BPETokenizer",
+    "BPTTBatches",
+    "CharTokenizer",
+    "Corpus",
+    "Tokenizer",
+    "WordTokenizer",
+    "build_corpus",
+    "detach_state",
+    "load_tokenizer",
+    "open_corpus",
+    "plan_splits",
+    "text_files",
+    "train_tokenizer",
+    "train_tokenizer_from_text",
+]

@@ -1,0 +1,82 @@
+"""The language model: initial loss, overfitting, weight tying, dropout options, state carrying."""
+
+import math
+
+import pytest
+import torch
+
+from rnnkit.lm import LMConfig, RNNLanguageModel
+
+
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
+def test_initial_loss_is_close_to_log_vocab(cell):
+    torch.manual_seed(0)
+    model = RNNLanguageModel(LMConfig(vocab_size=500, cell=cell, hidden_size=32, num_layers=2))
+    ids = torch.randint(0, 500, (20, 8))
+    loss, _ = model.loss(ids[:-1], ids[1:])
+    assert abs(loss.item() - math.log(500)) < 0.1
+
+
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
+def test_overfits_a_small_batch(cell):
+    torch.manual_seed(0)
+    model = RNNLanguageModel(LMConfig(vocab_size=30, cell=cell, hidden_size=64, num_layers=1))
+    ids = torch.randint(0, 30, (16, 4))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss, _ = model.loss(ids[:-1], ids[1:])
+        loss.backward()
+        optimizer.step()
+    # random tokens: only memorising the sequences brings the loss from ln 30 = 3.4 to near 0
+    assert loss.item() < 0.1
+
+
+def test_tied_weights_share_one_matrix():
+    model = RNNLanguageModel(LMConfig(vocab_size=50, hidden_size=16, tie_weights=True))
+    assert model.head.weight is model.embedding.weight
+    assert sum(p.numel() for p in model.parameters()) == 50 * 16 + 50 + sum(p.numel() for p in model.rnn.parameters())
+    with pytest.raises(ValueError, match="tie_weights needs embedding_size == hidden_size"):
+        LMConfig(vocab_size=50, hidden_size=16, embedding_size=8, tie_weights=True)
+
+
+def test_dropout_options_act_in_training_only():
+    config = LMConfig(
+        vocab_size=40, hidden_size=16, num_layers=2, dropout=0.3, dropout_input=0.2,
+        dropout_embedding=0.1, variational=True, weight_drop=0.3,
+    )
+    model = RNNLanguageModel(config)
+    ids = torch.randint(0, 40, (10, 3))
+    model.eval()
+    torch.testing.assert_close(model(ids)[0], model(ids)[0])
+    model.train()
+    torch.manual_seed(0)
+    a = model(ids)[0]
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(ids)[0])
+
+
+def test_embedding_dropout_drops_whole_words():
+    model = RNNLanguageModel(LMConfig(vocab_size=5, hidden_size=8, dropout_embedding=0.5)).train()
+    ids = torch.tensor([[1, 1, 1, 2, 2, 2]]).T  # (T, 1): the same word three times
+    torch.manual_seed(3)
+    e = model.embed(ids)[:, 0]  # (T, E)
+    zero = (e == 0).all(dim=1)
+    assert zero[:3].all() == zero[0] and zero[3:].all() == zero[3]  # a word is dropped at every position
+
+
+def test_carrying_state_equals_one_pass():
+    torch.manual_seed(0)
+    model = RNNLanguageModel(LMConfig(vocab_size=20, cell="gru", hidden_size=16)).double().eval()
+    ids = torch.randint(0, 20, (12, 3))
+    whole, _ = model(ids)
+    first, state = model(ids[:5])
+    second, _ = model(ids[5:], state)
+    torch.testing.assert_close(torch.cat([first, second]), whole)
+
+
+def test_config_round_trip_and_unknown_fields():
+    config = LMConfig(vocab_size=10, cell="elman", nonlinearity="relu")
+    assert LMConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown model config field"):
+        LMConfig.from_dict({"vocab_size": 10, "colour": "red"})
