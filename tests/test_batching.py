@@ -7,7 +7,8 @@ import string
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rnnkit.errors import RnnkitError
 from rnnkit.text import BPTTBatches, detach_state
@@ -32,7 +33,7 @@ def test_the_docstring_drawing() -> None:
         (["c i o u", "d j p v"], ["d j p v", "e k q w"]),
         (["e k q w"], ["f l r x"]),
     ]
-    for (x, y), (ex, ey) in zip(batches, expected):
+    for (x, y), (ex, ey) in zip(batches, expected, strict=True):
         assert x.dtype == y.dtype == torch.long
         assert torch.equal(x, letters(ex)) and torch.equal(y, letters(ey))
 
@@ -72,7 +73,8 @@ def test_resume_from_a_window(memmap) -> None:
         for start in (0, 5, len(batches) - 1, len(batches)):
             rest = list(batches.iter_from(start))
             assert len(rest) == len(every) - start
-            assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(rest, every[start:]))
+            for (x, y), (x0, y0) in zip(rest, every[start:], strict=True):
+                assert torch.equal(x, x0) and torch.equal(y, y0)
         assert all(torch.equal(batches.window(i)[0], every[i][0]) for i in range(len(every)))
         for bad in (-1, len(batches) + 1):
             with pytest.raises(IndexError):
@@ -97,7 +99,7 @@ def test_just_enough_tokens() -> None:
 @pytest.mark.parametrize(
     ("n", "batch_size", "bptt", "message"),
     [
-        (11, 3, 3, r"the valid split has 11 tokens, too few for one batch: batch_size 3 x \(bptt 3 \+ 1\) needs at least 12"),
+        (11, 3, 3, r"the valid split has 11 tokens, too few for one batch: batch_size 3 x \(bptt 3 \+ 1\) needs .* 12"),
         (100, 0, 3, "batch_size must be a positive integer, got 0"),
         (100, 2, -1, "bptt must be a positive integer, got -1"),
         (100, 2.0, 3, "batch_size must be a positive integer, got 2.0"),

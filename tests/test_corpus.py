@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rnnkit.errors import RnnkitError
-from rnnkit.text import build_corpus, open_corpus, plan_splits, train_tokenizer_from_text
-from rnnkit.text import files
+from rnnkit.text import build_corpus, files, open_corpus, plan_splits, train_tokenizer_from_text
 from rnnkit.text.files import read_blocks, whole
 
 WORDS = "the cat sat on a mat and dog ran far away".split()
@@ -137,7 +137,8 @@ def test_given_splits(tmp_path) -> None:
         assert ids.tolist() == tok.encode(text)
     assert tok.decode(corpus.test) == "the cat <unk>\non a mat\n"
 
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["corpus.json", "test.bin", "train.bin", "valid.bin"]
+    names = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert names == ["corpus.json", "test.bin", "train.bin", "valid.bin"]
     meta = json.loads((tmp_path / "data" / "corpus.json").read_text())
     assert meta["format"] == "rnnkit-corpus" and meta["dtype"] == "<u2" and meta["tokenizer_kind"] == "word"
     assert meta["vocab_size"] == tok.vocab_size and meta["tokenizer"] == tok.fingerprint()
@@ -154,7 +155,8 @@ def test_carved_split_is_deterministic_and_whole(tmp_path, kind: str) -> None:
     assert one.tokenizer == two.tokenizer and concat(one) == concat(two)
     # cut at line ends: the three splits are the whole text's ids, in order
     assert concat(one) == one.tokenizer.encode(text)
-    assert one.tokenizer.decode(one.valid).startswith(text.splitlines()[len(one.tokenizer.decode(one.train).splitlines())])
+    first_held_out = text.splitlines()[len(one.tokenizer.decode(one.train).splitlines())]
+    assert one.tokenizer.decode(one.valid).startswith(first_held_out)
     if kind != "bpe":  # the last line is held out, so its new word is not in the vocabulary
         assert one.tokenizer.unknown_words("zebra")
 

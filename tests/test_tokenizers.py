@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rnnkit.errors import RnnkitError
 from rnnkit.text import (
@@ -197,6 +198,10 @@ def test_nothing_to_learn(tmp_path) -> None:
         train_tokenizer("char", tmp_path / "missing.txt")
 
 
+def doc(**fields) -> str:
+    return json.dumps({"format": "rnnkit-tokenizer", "version": 1, **fields})
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -204,15 +209,15 @@ def test_nothing_to_learn(tmp_path) -> None:
         ("{not json", "not a readable tokenizer JSON"),
         (b"\x80\x81", "not a readable tokenizer JSON"),
         ("[1, 2]", "not an rnnkit tokenizer"),
-        ('{"format": "rnnkit-tokenizer", "version": 2, "kind": "char", "tokens": ["<unk>"]}', "version 2"),
-        ('{"format": "rnnkit-tokenizer", "version": 1, "kind": "pickle"}', "unknown tokenizer kind 'pickle'"),
-        ('{"format": "rnnkit-tokenizer", "version": 1, "kind": "word"}', "needs \"tokens\""),
-        ('{"format": "rnnkit-tokenizer", "version": 1, "kind": "word", "tokens": ["a"]}', "must begin with <unk>, <eos>"),
-        ('{"format": "rnnkit-tokenizer", "version": 1, "kind": "word", "tokens": ["<unk>", "<eos>", "a", "a"]}', "'a' twice"),
-        ('{"format": "rnnkit-tokenizer", "version": 1, "kind": "word", "tokens": ["<unk>", "<eos>", "a b"]}', "without whitespace"),
-        ('{"format": "rnnkit-tokenizer", "version": 1, "kind": "char", "tokens": ["<unk>", "ab"]}', "single characters"),
-        ('{"format": "rnnkit-tokenizer", "version": 1, "kind": "bpe", "huggingface": {"model": 3}}', "does not load"),
-        ('{"format": "rnnkit-tokenizer", "version": 1, "kind": "bpe"}', "needs \"huggingface\""),
+        (doc(version=2, kind="char", tokens=["<unk>"]), "version 2"),
+        (doc(kind="pickle"), "unknown tokenizer kind 'pickle'"),
+        (doc(kind="word"), 'needs "tokens"'),
+        (doc(kind="word", tokens=["a"]), "must begin with <unk>, <eos>"),
+        (doc(kind="word", tokens=["<unk>", "<eos>", "a", "a"]), "'a' twice"),
+        (doc(kind="word", tokens=["<unk>", "<eos>", "a b"]), "without whitespace"),
+        (doc(kind="char", tokens=["<unk>", "ab"]), "single characters"),
+        (doc(kind="bpe", huggingface={"model": 3}), "does not load"),
+        (doc(kind="bpe"), 'needs "huggingface"'),
     ],
 )
 def test_bad_tokenizer_files(tmp_path, content: str | bytes | None, message: str) -> None:

@@ -84,7 +84,8 @@ class BPTTBatches:
         else:
             data = kept if isinstance(kept, Tensor) else torch.from_numpy(np.asarray(kept).astype(np.int64))
             self._streams = None
-            self._data = data.to(device=device, dtype=torch.long).view(batch_size, self.steps).t().contiguous()  # (L, B)
+            data = data.to(device=device, dtype=torch.long).view(batch_size, self.steps)  # (B, L)
+            self._data = data.t().contiguous()  # (L, B)
 
     def __len__(self) -> int:
         """Windows per epoch: ceil((L - 1) / bptt)."""

@@ -9,10 +9,11 @@
                                                         or uint32, nothing else in the file
         -> DIR/corpus.json                              what the .bin files hold (written last)
 
-The carve is deterministic: the held-out parts start just after the last line end at or before
-90% and 95% of the training text's bytes (a text without line breaks, like text8, is cut at a
-space). Only one block of text (~1 MiB) and its ids are in memory at a time, so a corpus larger
-than memory can be built and then trained on through the memmaps.
+The carve is deterministic: each held-out part starts just after the last line end at or before
+its mark, 90% and 95% of the training text's bytes (95% when only one is carved); a text without
+line breaks there, like text8, is cut at a space. Only one block of text (~1 MiB) and its ids are
+in memory at a time, so a corpus larger than memory can be built and then trained on through the
+memmaps (measured: ~30 MB of growth for a 200 MB corpus, word or char).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import bisect
 import contextlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,29 +68,29 @@ def plan_splits(
     sizes = [p.stat().st_size for p in train_files]
     starts = np.cumsum([0, *sizes]).tolist()  # starts[i]: where file i begins in the concatenation
     total = starts[-1]
-    cuts = []
+    cuts: list[int] = []
     for k in range(len(carved), 0, -1):
         mark = int(total * (1 - holdout * k))
         i = bisect.bisect_right(starts, mark) - 1
         cut = starts[i] + split_point(train_files[i], mark - starts[i])
         cuts.append(max(cut, cuts[-1] if cuts else 0))
     bounds = [0, *cuts, total]
-    parts = [_slice(train_files, starts, a, b) for a, b in zip(bounds, bounds[1:])]
-    for name, part in zip(["train", *carved], parts):
+    parts = [_slice(train_files, starts, a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+    for name, part in zip(["train", *carved], parts, strict=True):
         if not part:
             for _ in read_blocks(whole(train_files)):
                 pass  # text this small reads at once: report a binary file as one, not as small
             raise RnnkitError(
                 f"the training text ({total} bytes) is too small to hold out a {name} split; give one explicitly"
             )
-    return {"train": parts[0], **plan, **dict(zip(carved, parts[1:]))}
+    return {"train": parts[0], **plan, **dict(zip(carved, parts[1:], strict=True))}
 
 
 def _slice(files: list[Path], starts: list[int], a: int, b: int) -> list[Segment]:
     """The segments covering bytes [a, b) of the files' concatenation."""
     return [
         Segment(path, max(a, lo) - lo, min(b, hi) - lo)
-        for path, lo, hi in zip(files, starts, starts[1:])
+        for path, lo, hi in zip(files, starts, starts[1:], strict=False)
         if max(a, lo) < min(b, hi)
     ]
 
@@ -183,7 +183,7 @@ def _read_meta(directory: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RnnkitError(f"{path} is not a readable corpus description: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise RnnkitError(f'{path} is not an rnnkit corpus description (expected "format": "{FORMAT}", version {VERSION})')
+        raise RnnkitError(f'{path} is not an rnnkit corpus description (expected "format": "{FORMAT}", v{VERSION})')
     return meta
 
 
@@ -203,6 +203,7 @@ def open_corpus(directory: PathLike, tokenizer: Tokenizer) -> Corpus:
                 raise RnnkitError(f"{path} does not hold the {tokens} ids corpus.json says; build the corpus again")
             arrays[name] = np.memmap(path, dtype=dtype, mode="r", shape=(tokens,))
     except (KeyError, TypeError, ValueError, OSError) as e:
-        raise RnnkitError(f"the corpus in {directory} is incomplete or damaged ({type(e).__name__}: {e}); build it again") from None
+        problem = f"{type(e).__name__}: {e}"
+        raise RnnkitError(f"the corpus in {directory} is incomplete or damaged ({problem}); build it again") from None
     return Corpus(tokenizer=tokenizer, directory=directory, **arrays)
 

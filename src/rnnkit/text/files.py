@@ -98,9 +98,8 @@ def read_blocks(segments: Iterable[Segment], block_bytes: int = BLOCK_BYTES) -> 
                 chunk = f.read(min(block_bytes, end - offset - len(pending)))
                 nul = chunk.find(b"\0")  # before decoding: a binary file is named as one
                 if nul >= 0:
-                    raise RnnkitError(
-                        f"{path} looks like a binary file (NUL byte at byte offset {offset + len(pending) + nul}), not text"
-                    )
+                    at = offset + len(pending) + nul
+                    raise RnnkitError(f"{path} looks like a binary file (NUL byte at byte offset {at}), not text")
                 data = pending + chunk
                 if not chunk:  # the segment is done
                     if data:
@@ -145,7 +144,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with open(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+        with open(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -242,7 +242,8 @@ class WordTokenizer(_VocabTokenizer):
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
-        lines, words = [], []
+        lines: list[str] = []
+        words: list[str] = []
         for i in ids:
             if i == self.eos_id:
                 lines.append(" ".join(words) + "\n")
@@ -270,7 +271,8 @@ class BPETokenizer(Tokenizer):
         unk, eos = hf.token_to_id(UNK), hf.token_to_id(EOS)
         if unk is None or eos is None:
             raise RnnkitError(f"a bpe tokenizer needs the special tokens {UNK} and {EOS}")
-        self.unk_id, self.eos_id = unk, eos
+        self.unk_id: int = unk
+        self.eos_id: int = eos
 
     @property
     def vocab_size(self) -> int:
@@ -319,7 +321,7 @@ class BPETokenizer(Tokenizer):
     def unknown_words(self, text: str) -> list[str]:
         words = list(dict.fromkeys(text.split()))
         encodings = self._hf.encode_batch([_SURROGATE.sub("\ufffd", w) for w in words], add_special_tokens=False)
-        return [w for w, e in zip(words, encodings) if self.unk_id in e.ids or _SURROGATE.search(w)]
+        return [w for w, e in zip(words, encodings, strict=True) if self.unk_id in e.ids or _SURROGATE.search(w)]
 
     def _payload(self) -> dict[str, Any]:
         return {"huggingface": json.loads(self._hf.to_str())}
@@ -379,7 +381,8 @@ def train_tokenizer_from_text(
     if kind not in KINDS:
         raise RnnkitError(f"unknown tokenizer kind {kind!r} (expected one of {', '.join(KINDS)})")
     least = {"char": 2, "word": 3, "bpe": _BPE_ALPHABET + 2}[kind]
-    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < least):
+    bad_size = isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < least
+    if vocab_size is not None and bad_size:
         raise RnnkitError(f"a {kind} tokenizer needs vocab_size of at least {least}, got {vocab_size!r}")
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise RnnkitError(f"min_count must be a positive integer, got {min_count!r}")
@@ -396,7 +399,8 @@ def train_tokenizer_from_text(
 
 
 def _train_bpe(texts: Iterable[str], vocab_size: int, min_count: int) -> BPETokenizer:
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
 
     hf = HFTokenizer(models.BPE(unk_token=UNK))
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
