@@ -203,3 +203,14 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     assert step > 0
     done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "test perplexity" in done.stdout
+
+
+def test_gradients_of_a_trained_model_directory(trained, tmp_path, capsys):
+    root, _, _ = trained
+    out = tmp_path / "flow"
+    assert main(["gradients", str(root / "model"), "--steps", "20", "--batch", "2", "--jacobian-batch", "1", "--out", str(out)]) == 0
+    assert "lstm (model) trained" in capsys.readouterr().out
+    flows = json.loads((out / "gradient_flow.json").read_text())["flows"]
+    norms = flows["lstm (model)"]["trained"]["grad_norms"][0]
+    assert len(norms) == 20 and norms[0] > 0 and all(n >= 0 for n in norms)
+    assert (out / "gradient_flow.png").stat().st_size > 1000

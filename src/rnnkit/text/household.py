@@ -2,7 +2,7 @@ r"""The household corpus: everyday scenes in which a word far back decides the l
 
 The seed's sentence is the pattern, and one of the samples:
 
-    i picked up the remote controller on the couch and turned on the television
+    I picked up the remote controller on the couch and turned on the television
                     \_______________/ \____________________________/ \________/
                            cue              distance: 7 words           device
 
@@ -22,7 +22,7 @@ words "and turned on the" that every sentence needs.
 Scoring: every device's first word is unique (television, toaster, ..., lawn, washing), so the
 first word after the final "the" identifies the device; `Sample.target` is that word.
 
-Defaults: D = 24 keeps the longest sentence at 34 words with its <eos> (4 for "i picked up the",
+Defaults: D = 24 keeps the longest sentence at 34 words with its <eos> (4 for "I picked up the",
 3 for the longest object, 24, 2 for the longest device, 1), inside one truncated-BPTT window of
 35 steps, the usual PTB setting, so no window cuts a dependency that starts at its own start.
 20,000 sentences are about 430,000 tokens with <eos>, each of the 12 pairs about 1,700 times.
@@ -41,7 +41,7 @@ from pathlib import Path
 from ..errors import RnnkitError
 from .files import atomic_write
 
-SEED_SENTENCE = "i picked up the remote controller on the couch and turned on the television"
+SEED_SENTENCE = "I picked up the remote controller on the couch and turned on the television"
 
 MIN_DISTANCE = 4  # "and turned on the"
 DEFAULT_MAX_DISTANCE = 24
@@ -198,8 +198,8 @@ def parse(sentence: str) -> Sample:
     <object> ... and [then] <turned on> the <device>"; the words between are not checked)."""
     words = sentence.split()
     verb = next((v for v in PICK_UP_VERBS if words[1 : 1 + len(v.split())] == v.split()), None)
-    if words[:1] != ["i"] or verb is None:
-        raise RnnkitError(f"not a household sentence (expected it to start 'i picked up the'): {sentence!r}")
+    if words[:1] != ["I"] or verb is None:
+        raise RnnkitError(f"not a household sentence (expected it to start 'I picked up the'): {sentence!r}")
     start = 2 + len(verb.split())  # first word of the object
     # the longest object that fits, should one object ever begin another
     cue = max((o for o in OBJECTS if words[start - 1 : start + len(o.split())] == ["the", *o.split()]),
@@ -235,7 +235,7 @@ def _sample(rng: random.Random, pair: Pair, distance: int) -> Sample:
             weights.append(4 if filler == 0 else 1)
     place, filler, left = rng.choices(choices, weights)[0]
 
-    words = ["i", *rng.choice(PICK_UP_VERBS).split(), "the", *pair.object.split()]
+    words = ["I", *rng.choice(PICK_UP_VERBS).split(), "the", *pair.object.split()]
     cue_end = len(words)
     words += place.split()
     for length in _partition(rng, left, shortest):

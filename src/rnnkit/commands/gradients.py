@@ -1,0 +1,228 @@
+"""`rnnkit gradients [DIR]`: watch the gradient vanish through time, cell against cell, or in a
+trained language model directory.
+
+Writes into --out: iterated_tanh.png/.csv (the seed's intuition) and gradient_flow.png/.json/.csv
+(||dL/ds_t|| at every lag for each cell, at initialisation and, with --train-steps, after
+training on the adding problem), and prints for each cell the lag at which the gradient falls
+below 1e-3 of its value at the last step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..cells import CELLS
+from ..checkpoint import load_model, read_config
+from ..diagnostics import (
+    TASKS,
+    GradientFlow,
+    TaskConfig,
+    TaskModel,
+    gradient_flow,
+    held_out,
+    iterated_tanh,
+    make_model,
+    plot_gradient_flow,
+    plot_iterated_tanh,
+    save_figure,
+    train,
+    write_csv,
+    write_json,
+)
+from ..errors import RnnkitError
+from ..text import BPTTBatches, open_corpus
+from ..text.files import read_blocks, text_files, whole
+
+RATIO = 1e-3  # "vanished": below this fraction of the gradient at lag 0
+TEST_SIZE = 256  # held-out adding-problem sequences for the MSE; the first --batch are measured
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "gradients",
+        help="gradient flow through time for Elman, LSTM and GRU cells",
+        description="Measure ||dL/dh_t|| for the loss at the last step against every earlier "
+        "state, for fresh cells at initialisation and (with --train-steps) after training on "
+        "the adding problem; write PNG, JSON and CSV into --out.",
+    )
+    p.add_argument("model", nargs="?", type=Path,
+                   help="a trained model directory: measure its gradient flow on its own text instead of fresh cells")
+    p.add_argument("--data", type=Path,
+                   help="with a model directory: the text to measure on (default: its validation split)")
+    p.add_argument("--cells", default="elman,lstm,gru", help="comma-separated cells (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=128, help="hidden units H (default: %(default)s)")
+    p.add_argument("--layers", type=int, default=1, help="layers L (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=200, help="sequence length T (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=16, help="sequences the norms average over (default: %(default)s)")
+    p.add_argument("--jacobian-batch", type=int, default=4,
+                   help="sequences for the step Jacobians, 0 to skip them (default: %(default)s)")
+    p.add_argument("--train-steps", type=int, default=0,
+                   help="train each cell this many steps on the adding problem of length T, then "
+                   "measure again (default: %(default)s)")
+    p.add_argument("--train-batch", type=int, default=32, help="training batch size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate (default: %(default)s)")
+    p.add_argument("--tanh-depth", type=int, default=10, help="plot tanh applied 1..N times (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights and data (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    p.add_argument("--out", default="gradients", help="output folder (default: %(default)s)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cells = cell_list(args.cells)
+    for name in ("hidden", "layers", "batch", "tanh_depth", "train_batch"):
+        at_least(name, getattr(args, name), 1)
+    at_least("steps", args.steps, 2)
+    at_least("train_steps", args.train_steps, 0)
+    at_least("jacobian_batch", args.jacobian_batch, 0)
+    try:
+        config = TaskConfig(
+            hidden_size=args.hidden, num_layers=args.layers, steps=args.train_steps,
+            batch_size=args.train_batch, lr=args.lr, test_size=max(TEST_SIZE, args.batch),
+            eval_every=max(1, args.train_steps), seed=args.seed,
+        )
+    except ValueError as error:
+        raise RnnkitError(str(error)) from None
+    device = torch_device(args.device)
+    out = output_dir(args.out)
+
+    # 1. the seed's picture: tanh applied n times flattens, and so does its derivative
+    x = torch.linspace(-3, 3, 241, dtype=torch.float64)
+    values, derivatives = iterated_tanh(x, args.tanh_depth)
+    n = range(1, args.tanh_depth + 1)
+    table = torch.cat([x[None], values, derivatives]).T  # (241, 1 + 2N)
+    write_csv(out / "iterated_tanh.csv", ["x", *(f"tanh^{j}" for j in n), *(f"d tanh^{j}/dx" for j in n)],
+              [[f"{v:.8g}" for v in row] for row in table.tolist()])
+    save_figure(out / "iterated_tanh.png", plot_iterated_tanh(x, values, derivatives))
+
+    # 2. gradient flow per cell, on the adding problem's held-out sequences
+    task, T = TASKS["adding"], args.steps
+    flows: dict[str, dict[str, GradientFlow]] = {}
+    mse: dict[str, dict[str, float]] = {}
+    for cell in [] if args.model is not None else cells:
+        model = make_model(task, cell, config).to(device)
+        flows[cell] = {"init": _measure(model, T, config, args.batch, args.jacobian_batch)}
+        if args.train_steps:
+            result = train(model, task, T, config)
+            flows[cell]["trained"] = _measure(model, T, config, args.batch, args.jacobian_batch)
+            mse[cell] = {"init": result.test_loss[0], "trained": result.final_loss}
+            print(f"{cell}: trained {args.train_steps} steps on the adding problem (T = {T}): "
+                  f"MSE {result.test_loss[0]:.4f} -> {result.final_loss:.4f} "
+                  f"on {config.test_size} held-out sequences (predicting 1: {task.baseline(T):.4f})", flush=True)
+
+    if args.model is not None:
+        flows[_model_name(args.model)] = {"trained": _model_flow(args, device)}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "run"}
+    write_json(out / "gradient_flow.json", {
+        "settings": settings,
+        "loss": "MSE of the adding problem at the last step, float64",
+        "adding_mse": mse,
+        "flows": {c: {p: f.to_dict() for p, f in by.items()} for c, by in flows.items()},
+    })
+    rows = []
+    for cell, by in flows.items():
+        for phase, f in by.items():
+            ratios = f.ratios()
+            for k in range(len(f.grad_norms)):
+                for lag in range(f.steps):
+                    jac = None if f.jacobian_norms is None else f.jacobian_norms[k, lag]
+                    rows.append([cell, phase, k, lag, f.grad_norms[k, lag], ratios[k, lag], jac])
+    write_csv(out / "gradient_flow.csv",
+              ["cell", "phase", "layer", "lag", "grad_norm", "ratio_to_lag0", "jacobian_norm"], rows)
+    save_figure(out / "gradient_flow.png", plot_gradient_flow(flows, RATIO))
+
+    size = "" if args.model is not None else f", H = {args.hidden}"
+    print(f"first lag k at which ||dL/dh_(T-k)|| < {RATIO:g} x ||dL/dh_T|| (T = {T}{size}):")
+    for cell, by in flows.items():
+        for phase, f in by.items():
+            for k in range(len(f.grad_norms)):
+                lag = f.vanishing_lag(k, RATIO)
+                where = f"lag {lag}" if lag is not None else f"not within T = {T}"
+                layer = f"  layer {k}" if len(f.grad_norms) > 1 else ""
+                spectrum = ""
+                if f.spectral_radius is not None:
+                    spectrum = f"   rho(W) = {f.spectral_radius[k]:.3f}, ||W||_2 = {f.spectral_norm[k]:.3f}"
+                print(f"  {cell:<6} {phase:<8}{layer}  {where}{spectrum}")
+    print(f"wrote {out}/: iterated_tanh.png/.csv, gradient_flow.png/.json/.csv")
+    return 0
+
+
+def _measure(model: TaskModel, T: int, config: TaskConfig, batch: int, jacobian_batch: int) -> GradientFlow:
+    """Gradient flow of the adding-problem loss on the first `batch` held-out sequences, on a
+    float64 copy of the model so that tiny norms survive."""
+    m = copy.deepcopy(model).double()
+    x, y = held_out(TASKS["adding"], T, config)
+    device = next(m.parameters()).device
+    x, y = x[:, :batch].to(device, torch.float64), y[:batch].to(device, torch.float64)  # (T, B, 2), (B,)
+    return gradient_flow(
+        m.rnn, x, lambda last: TASKS["adding"].loss(m.head(last)[None], y), jacobian_batch=jacobian_batch
+    )
+
+
+def _model_name(directory: Path) -> str:
+    return f"{read_config(directory)['model']['cell']} ({directory.name})"
+
+
+def _model_flow(args: argparse.Namespace, device: torch.device) -> GradientFlow:
+    """Gradient flow of a trained language model: the cross-entropy of the next token after the
+    last of T tokens of text, against every earlier state; float64, dropout off."""
+    model, tokenizer = load_model(args.model, device)
+    model = model.double()
+    if args.data is not None:
+        blocks = read_blocks(whole(text_files(args.data, "--data text")))
+        ids = np.concatenate([tokenizer.encode_array(block, add_eos=False) for block in blocks])
+    else:
+        ids = open_corpus(args.model / "data", tokenizer).valid
+    x, y = BPTTBatches(ids, args.batch, args.steps, device, name="text to measure on").window(0)  # (T, B) each
+    return gradient_flow(
+        model.rnn, model.embedding(x), lambda last: F.cross_entropy(model.head(last), y[-1]),
+        jacobian_batch=args.jacobian_batch,
+    )
+
+
+# ---------------------------------------------------------------- argument checks, shared with `tasks`
+
+
+def cell_list(text: str) -> list[str]:
+    """Parse "elman,lstm" into ["elman", "lstm"]; unknown or repeated names are a user error."""
+    names = [c.strip().lower() for c in text.split(",") if c.strip()]
+    if not names:
+        raise RnnkitError(f"--cells needs at least one of {', '.join(CELLS)}, got {text!r}")
+    for name in names:
+        if name not in CELLS:
+            raise RnnkitError(f"unknown cell {name!r} in --cells: expected {', '.join(CELLS)}")
+    if len(set(names)) != len(names):
+        raise RnnkitError(f"--cells lists a cell twice: {text!r}")
+    return names
+
+
+def at_least(name: str, value: int, minimum: int) -> None:
+    if value < minimum:
+        raise RnnkitError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+
+
+def torch_device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise RnnkitError(f"--device {text!r} is not available here: {str(error).splitlines()[0]}") from None
+    return device
+
+
+def output_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise RnnkitError(f"--out {path!r} exists and is not a folder") from None
+    except OSError as error:
+        raise RnnkitError(f"cannot create --out {path!r}: {error.strerror}") from None
+    return out

@@ -1,0 +1,54 @@
+"""Diagnostics: why vanilla recurrent networks forget, measured.
+
+tanh.py      iterated tanh and its derivative, the seed's intuition
+gradflow.py  ||dL/ds_t|| through time, step Jacobians, the spectrum of the Elman W
+tasks.py     the adding and copy-memory tasks, a small model and its training loop
+plots.py     the figures;  io.py  atomic writes of PNG, JSON and CSV
+"""
+
+from .gradflow import GradientFlow, gradient_flow, step_jacobians, vanishing_lag
+from .io import save_figure, write_csv, write_json
+from .plots import plot_gradient_flow, plot_iterated_tanh, plot_task_curves
+from .tanh import iterated_tanh
+from .tasks import (
+    TASKS,
+    Task,
+    TaskConfig,
+    TaskModel,
+    TaskResult,
+    adding_problem,
+    copy_baseline,
+    copy_memory,
+    evaluate,
+    held_out,
+    make_model,
+    train,
+    train_task,
+)
+
+__all__ = [
+    "TASKS",
+    "GradientFlow",
+    "Task",
+    "TaskConfig",
+    "TaskModel",
+    "TaskResult",
+    "adding_problem",
+    "copy_baseline",
+    "copy_memory",
+    "evaluate",
+    "gradient_flow",
+    "held_out",
+    "iterated_tanh",
+    "make_model",
+    "plot_gradient_flow",
+    "plot_iterated_tanh",
+    "plot_task_curves",
+    "save_figure",
+    "step_jacobians",
+    "train",
+    "train_task",
+    "vanishing_lag",
+    "write_csv",
+    "write_json",
+]
