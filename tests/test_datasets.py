@@ -288,19 +288,14 @@ def test_default_root_follows_the_environment(monkeypatch, tmp_path):
     assert datasets.default_root() == tmp_path / "c" / "rnnkit" / "data"
 
 
-@pytest.fixture
-def data_command(monkeypatch):
-    monkeypatch.setattr(cli, "COMMANDS", ("data",))
-
-
-def test_cli_get_downloads_and_reports(server, tmp_path, monkeypatch, capsys, data_command):
+def test_cli_get_downloads_and_reports(server, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(datasets, "REGISTRY", _registry(server))
     assert cli.main(["data", "get", "tiny", "--dir", str(tmp_path)]) == 0
     assert "tiny: ready in" in capsys.readouterr().out
     assert (tmp_path / "tiny" / "train.txt").read_bytes() == TRAIN
 
 
-def test_cli_get_refuses_a_corrupt_file_in_one_line(server, tmp_path, monkeypatch, capsys, data_command):
+def test_cli_get_refuses_a_corrupt_file_in_one_line(server, tmp_path, monkeypatch, capsys):
     server.files["/ptb/ptb.train.txt"] = b"corrupt"
     monkeypatch.setenv("RNNKIT_DATA_MIRROR", server.url)
     assert cli.main(["data", "get", "ptb", "--dir", str(tmp_path)]) == 1
@@ -308,7 +303,7 @@ def test_cli_get_refuses_a_corrupt_file_in_one_line(server, tmp_path, monkeypatc
     assert list((tmp_path / "ptb").iterdir()) == []
 
 
-def test_cli_get_unknown_name_is_a_usage_error(tmp_path, capsys, data_command):
+def test_cli_get_unknown_name_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["data", "get", "imagenet", "--dir", str(tmp_path)])
     assert exit_.value.code == 2
@@ -316,7 +311,7 @@ def test_cli_get_unknown_name_is_a_usage_error(tmp_path, capsys, data_command):
     assert not (tmp_path / "imagenet").exists()
 
 
-def test_cli_list_shows_every_dataset(tmp_path, capsys, data_command):
+def test_cli_list_shows_every_dataset(tmp_path, capsys):
     assert cli.main(["data", "list", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert all(re.search(rf"^{re.escape(n)} +not downloaded", out, re.M) for n in datasets.REGISTRY)

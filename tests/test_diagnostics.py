@@ -9,27 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import rnnkit.cli
 from rnnkit import Recurrent
 from rnnkit.diagnostics import gradient_flow, iterated_tanh, step_jacobians, vanishing_lag
 
 DTYPE = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: more threads only add overhead, and spin while the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def cli(monkeypatch):
-    """rnnkit.cli.main with the diagnostics commands registered (harmless once cli.py lists them)."""
-    monkeypatch.setattr(rnnkit.cli, "COMMANDS", ("gradients", "tasks"))
-    return rnnkit.cli.main
 
 
 def _orthogonal(n: int, seed: int) -> torch.Tensor:

@@ -130,12 +130,7 @@ def test_write_corpus_writes_one_sentence_a_line(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["h.txt"]  # no temp file left
 
 
-@pytest.fixture
-def data_command(monkeypatch):
-    monkeypatch.setattr(cli, "COMMANDS", ("data",))
-
-
-def test_cli_writes_the_corpus(tmp_path, capsys, data_command):
+def test_cli_writes_the_corpus(tmp_path, capsys):
     out = tmp_path / "household.txt"
     argv = ["data", "household", "--out", str(out), "--sentences", "50", "--max-distance", "10", "--seed", "1"]
     assert cli.main(argv) == 0
@@ -147,7 +142,7 @@ def test_cli_writes_the_corpus(tmp_path, capsys, data_command):
     (["--sentences", "0"], "number of sentences must be at least 1"),
     (["--max-distance", "2"], "maximum distance must be at least 4"),
 ])
-def test_cli_bad_values_fail_in_one_line_and_keep_the_old_file(tmp_path, capsys, data_command, argv, message):
+def test_cli_bad_values_fail_in_one_line_and_keep_the_old_file(tmp_path, capsys, argv, message):
     out = tmp_path / "household.txt"
     out.write_text("keep me\n")
     assert cli.main(["data", "household", "--out", str(out), *argv]) == 1
@@ -156,13 +151,13 @@ def test_cli_bad_values_fail_in_one_line_and_keep_the_old_file(tmp_path, capsys,
     assert out.read_text() == "keep me\n"
 
 
-def test_cli_output_that_is_a_folder_fails(tmp_path, capsys, data_command):
+def test_cli_output_that_is_a_folder_fails(tmp_path, capsys):
     assert cli.main(["data", "household", "--out", str(tmp_path), "--sentences", "5"]) == 1
     assert "is a folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--sentences", "many"], []])
-def test_cli_usage_errors_exit_2_in_one_line(tmp_path, capsys, data_command, argv):
+def test_cli_usage_errors_exit_2_in_one_line(tmp_path, capsys, argv):
     extra = ["--out", str(tmp_path / "h.txt")] if argv else []
     with pytest.raises(SystemExit) as exit_:
         cli.main(["data", "household", *extra, *argv])

@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 
-import rnnkit.cli
 from rnnkit.diagnostics import (
     TASKS,
     TaskConfig,
@@ -21,22 +20,6 @@ from rnnkit.diagnostics import (
     make_model,
     train_task,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: more threads only add overhead, and spin while the machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def cli(monkeypatch):
-    """rnnkit.cli.main with the diagnostics commands registered (harmless once cli.py lists them)."""
-    monkeypatch.setattr(rnnkit.cli, "COMMANDS", ("gradients", "tasks"))
-    return rnnkit.cli.main
 
 
 def _gen(seed: int = 0) -> torch.Generator:

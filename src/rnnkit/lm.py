@@ -5,9 +5,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -15,12 +14,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .cells import State
+from .configs import JSONConfig
 from .recurrent import Recurrent
 
 
 @dataclass(frozen=True)
-class LMConfig:
+class LMConfig(JSONConfig):
     """Shape and regularisation of an RNNLanguageModel; saved as JSON in the model directory."""
+
+    what: ClassVar[str] = "model config"
 
     vocab_size: int  # V, from the tokenizer
     cell: str = "lstm"  # "elman", "lstm" or "gru"
@@ -52,16 +54,6 @@ class LMConfig:
     def input_size(self) -> int:
         return self.embedding_size or self.hidden_size
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LMConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config field(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 class RNNLanguageModel(nn.Module):

@@ -10,7 +10,6 @@ never interrupted (on a CPU; GPU kernels are not bitwise deterministic).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import signal
 import threading
@@ -18,12 +17,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from . import checkpoint as ckpt
+from .configs import JSONConfig
 from .errors import RnnkitError
 from .generate import line_end_id
 from .lm import LMConfig, RNNLanguageModel
@@ -35,8 +35,10 @@ DEFAULT_LR = {"sgd": 20.0, "asgd": 20.0, "adamw": 2e-3}  # for a loss averaged o
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JSONConfig):
     """How to train; saved in config.json beside the model config."""
+
+    what: ClassVar[str] = "training config"
 
     epochs: int = 10  # passes over the training split
     batch_size: int = 20  # B, parallel streams
@@ -81,16 +83,6 @@ class TrainConfig:
     def learning_rate(self) -> float:
         return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RnnkitError(f"unknown training config field(s): {', '.join(unknown)}")
-        return cls(**data)
 
 
 # Settings that may change on --resume; any other change would not continue the same run.

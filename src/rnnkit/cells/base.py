@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from typing import Union
 
-import torch
 from torch import Tensor, nn
 
 State = Union[Tensor, tuple[Tensor, Tensor]]

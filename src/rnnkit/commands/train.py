@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise RnnkitError(f"unknown data setting(s): {', '.join(sorted(unknown))}")
     try:
         config = TrainConfig.from_dict(train_fields)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise RnnkitError(f"bad training setting: {e}") from None
     out: Path = args.out
     if args.resume:
