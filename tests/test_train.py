@@ -18,7 +18,7 @@ from rnnkit.cli import main
 from rnnkit.generate import beam_search, predict_next, sample
 from rnnkit.lm import LMConfig
 from rnnkit.text import build_corpus
-from rnnkit.train import TrainConfig, train
+from rnnkit.trainer import TrainConfig, train
 
 from helpers import ANIMALS, animal_corpus
 

@@ -10,7 +10,7 @@ from .generate import beam_search, predict_next, sample
 from .lm import LMConfig, RNNLanguageModel
 from .recurrent import Recurrent, Trace
 from .text import build_corpus
-from .train import TrainConfig, evaluate, train
+from .trainer import TrainConfig, evaluate, train
 
 __version__ = "0.1.0"
 

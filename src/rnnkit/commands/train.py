@@ -13,7 +13,7 @@ from ..checkpoint import read_config, read_json
 from ..errors import RnnkitError
 from ..lm import LMConfig
 from ..text import build_corpus, load_tokenizer
-from ..train import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, train
+from ..trainer import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, train
 
 # flag -> (section, field); every flag defaults to None so that --config and the defaults show through
 FLAGS = {

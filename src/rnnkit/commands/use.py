@@ -13,7 +13,7 @@ import numpy as np
 from ..checkpoint import load_model
 from ..generate import beam_search, predict_next, sample
 from ..text.files import read_blocks, text_files, whole
-from ..train import evaluate, resolve_device
+from ..trainer import evaluate, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
