@@ -203,3 +203,27 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
     assert step >= 20
     done = subprocess.run([*args, "--epochs", "1", "--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "test perplexity" in done.stdout
+
+
+def test_exponential_schedule_keeps_the_rate_then_decays_it_every_epoch(tmp_path, corpus_file):
+    corpus = build_corpus(corpus_file, out_dir=tmp_path / "m" / "data", tokenizer="word")
+    config = TrainConfig(epochs=5, batch_size=8, bptt=12, lr=2.0, schedule="exponential", decay_start=2,
+                         lr_decay=0.5, checkpoint_every=None)
+    summary = train(tmp_path / "m", corpus, LMConfig(corpus.tokenizer.vocab_size, hidden_size=8, num_layers=1), config)
+    # epoch j trains with 2 * 0.5 ** max(0, j + 1 - 2); the rate recorded after epoch i is epoch i + 1's
+    assert [r["lr"] for r in summary["history"]] == pytest.approx([2.0, 1.0, 0.5, 0.25, 0.125])
+
+
+def test_config_presets_by_name_and_their_errors(capsys, tmp_path, corpus_file):
+    from rnnkit.commands.train import presets
+
+    assert {"ptb-small", "ptb-medium", "ptb-large", "ptb-cpu"} <= set(presets())
+    # the preset's settings apply, flags override them: a tiny version of the small PTB recipe
+    args = ["train", "--data", str(corpus_file), "--out", str(tmp_path / "p"), "--config", "ptb-small",
+            "--hidden", "8", "--epochs", "1", "--quiet"]
+    assert main(args) == 0
+    saved = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert saved["train"]["schedule"] == "exponential" and saved["train"]["bptt"] == 20
+    assert saved["model"]["hidden_size"] == 8 and saved["model"]["num_layers"] == 2
+    capsys.readouterr()
+    _one_line_error(capsys, 1, "train", "--data", str(corpus_file), "--out", str(tmp_path / "q"), "--config", "ptb-tiny")

@@ -12,7 +12,7 @@ from . import __version__
 from .errors import RnnkitError
 
 # the subcommand modules, in the order `rnnkit --help` lists them
-COMMANDS: tuple[str, ...] = ("train", "use", "data", "gradients", "tasks")
+COMMANDS: tuple[str, ...] = ("demo", "train", "use", "data", "memory", "gradients", "tasks")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -130,7 +130,12 @@ class RNNLanguageModel(nn.Module):
         return self._dropout(F.embedding(ids, weight), self.config.dropout_input)
 
     def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        hidden, state = self.rnn(self.embed(ids), state)  # (T, B, H)
+        return self.forward_embedded(self.embed(ids), state)
+
+    def forward_embedded(self, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """The model from embedded inputs (T, B, E) on: logits (T, B, V) and the state. Used where
+        the inputs themselves need a gradient (attribution)."""
+        hidden, state = self.rnn(inputs, state)  # (T, B, H)
         return self.head(self._dropout(hidden, self.config.dropout)), state  # (T, B, V)
 
     def loss(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:

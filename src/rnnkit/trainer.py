@@ -30,7 +30,7 @@ from .lm import LMConfig, RNNLanguageModel
 from .text import BPTTBatches, Corpus, detach_state
 
 OPTIMIZERS = ("sgd", "asgd", "adamw")
-SCHEDULES = ("plateau", "cosine", "none")
+SCHEDULES = ("plateau", "cosine", "exponential", "none")
 DEFAULT_LR = {"sgd": 20.0, "asgd": 20.0, "adamw": 2e-3}  # for a loss averaged over tokens
 
 
@@ -47,8 +47,10 @@ class TrainConfig(JSONConfig):
     lr: float | None = None  # None: 20 for sgd/asgd, 2e-3 for adamw
     weight_decay: float = 0.0
     clip: float | None = 0.25  # max gradient norm; None: no clipping
-    schedule: str = "plateau"  # "plateau": lr *= lr_decay when validation stops improving; "cosine"
-    lr_decay: float = 0.25  # plateau factor
+    schedule: str = "plateau"  # "plateau": lr *= lr_decay when validation stops improving; "cosine";
+    # "exponential": lr *= lr_decay after every epoch from epoch `decay_start` on (Zaremba et al. 2014)
+    lr_decay: float = 0.25  # plateau and exponential factor
+    decay_start: int = 4  # exponential: epochs at the full rate
     patience: int = 0  # evaluations without improvement before a plateau decay
     early_stop: int | None = None  # stop after this many evaluations without improvement
     eval_every: int | None = None  # also evaluate every N steps (besides every epoch)
@@ -70,7 +72,7 @@ class TrainConfig(JSONConfig):
             (self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be positive, got {self.max_minutes}"),
             (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
         ]
-        for name in ("batch_size", "bptt", "log_every", "eval_batch_size"):
+        for name in ("batch_size", "bptt", "log_every", "eval_batch_size", "decay_start"):
             checks.append((getattr(self, name) >= 1, f"{name} must be a positive integer, got {getattr(self, name)}"))
         for name in ("eval_every", "checkpoint_every", "early_stop"):
             value = getattr(self, name)
@@ -165,13 +167,19 @@ def _stop_on_sigint() -> Iterator[threading.Event]:
 
 def _check_resume(directory: Path, model_config: LMConfig, config: TrainConfig, corpus: Corpus) -> None:
     saved = ckpt.read_config(directory)
-    if saved["model"] != model_config.to_dict():
-        changed = sorted(k for k in saved["model"] if saved["model"].get(k) != model_config.to_dict().get(k))
+    # through the config classes, so that fields added since the run was saved take their defaults
+    try:
+        saved_model = LMConfig.from_dict(saved["model"]).to_dict()
+        saved_train = TrainConfig.from_dict(saved.get("train", {})).to_dict()
+    except (TypeError, ValueError) as e:
+        raise RnnkitError(f"{directory / ckpt.CONFIG}: {e}") from None
+    if saved_model != model_config.to_dict():
+        changed = sorted(k for k in saved_model if saved_model[k] != model_config.to_dict()[k])
         raise RnnkitError(f"--resume with another model config (changed: {', '.join(changed)}) in {directory}")
     old = ckpt.load_tokenizer(directory / ckpt.TOKENIZER)
     if old.fingerprint() != corpus.tokenizer.fingerprint():
         raise RnnkitError(f"--resume with another tokenizer than the one saved in {directory}")
-    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved["train"].get(k) != v)
+    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved_train[k] != v)
     if changed:
         raise RnnkitError(f"--resume with other training settings ({', '.join(changed)}) than the run in {directory}")
 
@@ -203,6 +211,11 @@ def train(
     total_steps = config.epochs * len(batches)
     if config.schedule == "cosine":
         scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    elif config.schedule == "exponential":
+        # during epoch i: lr_0 * lr_decay ** max(0, i + 1 - decay_start); stepped at each epoch's end
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: config.lr_decay ** max(0, i + 1 - config.decay_start)
+        )
     elif config.schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.lr_decay, patience=config.patience)
     else:
@@ -313,6 +326,8 @@ def train(
                     save_state()
             else:
                 st["epoch"], st["window"], hidden = st["epoch"] + 1, 0, None
+                if config.schedule == "exponential":
+                    scheduler.step()
                 if run_eval():
                     stopped = "early_stop"
             save_state()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,16 +191,16 @@ def _model_flow(args: argparse.Namespace, device: torch.device) -> GradientFlow:
 # ---------------------------------------------------------------- argument checks, shared with `tasks`
 
 
-def cell_list(text: str) -> list[str]:
+def cell_list(text: str, allowed: Sequence[str] = tuple(CELLS), flag: str = "--cells", what: str = "cell") -> list[str]:
     """Parse "elman,lstm" into ["elman", "lstm"]; unknown or repeated names are a user error."""
     names = [c.strip().lower() for c in text.split(",") if c.strip()]
     if not names:
-        raise RnnkitError(f"--cells needs at least one of {', '.join(CELLS)}, got {text!r}")
+        raise RnnkitError(f"{flag} needs at least one of {', '.join(allowed)}, got {text!r}")
     for name in names:
-        if name not in CELLS:
-            raise RnnkitError(f"unknown cell {name!r} in --cells: expected {', '.join(CELLS)}")
+        if name not in allowed:
+            raise RnnkitError(f"unknown {what} {name!r} in {flag}: expected {', '.join(allowed)}")
     if len(set(names)) != len(names):
-        raise RnnkitError(f"--cells lists a cell twice: {text!r}")
+        raise RnnkitError(f"{flag} lists a {what} twice: {text!r}")
     return names
 
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import read_config, read_json
+from ..checkpoint import load_model, read_config, read_json, write_json
 from ..errors import RnnkitError
 from ..lm import LMConfig
-from ..text import build_corpus, load_tokenizer
+from ..text import Corpus, build_corpus, household, load_tokenizer
 from ..trainer import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, train
+
+PRESETS = Path(__file__).resolve().parent.parent / "presets"
 
 # flag -> (section, field); every flag defaults to None so that --config and the defaults show through
 FLAGS = {
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--valid", type=Path, help="validation text (default: 5%% carved off the training text)")
     p.add_argument("--test", type=Path, help="test text (default: 5%% carved off the training text)")
     p.add_argument("--out", type=Path, default=Path("runs/lm"), help="model directory (default: runs/lm)")
-    p.add_argument("--config", type=Path, help='JSON file {"model": {...}, "train": {...}}; flags override it')
+    p.add_argument("--config", type=Path, help='JSON file {"model": {...}, "train": {...}, "data": {...}}, or the '
+                   f'name of a preset ({", ".join(presets())}); flags override it')
     p.add_argument("--cell", choices=["elman", "lstm", "gru"])
     p.add_argument("--tokenizer", choices=["char", "word", "bpe"], help="default: word")
     p.add_argument("--vocab-size", type=int, help="cap on the vocabulary (rarer tokens become <unk>)")
@@ -64,9 +66,12 @@ def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], 
     """The model, train and data settings: defaults < --config file < flags."""
     sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "data": {}}
     if args.config is not None:
-        loaded = read_json(args.config, "the --config file")
+        path = preset_path(args.config)
+        loaded = read_json(path, "the --config file")
+        if isinstance(loaded, dict) and isinstance(loaded.get("about"), str):
+            loaded.pop("about")  # a description, for people
         if not isinstance(loaded, dict) or set(loaded) - set(sections):
-            raise RnnkitError(f'{args.config}: expected a JSON object with "model", "train" and/or "data" sections')
+            raise RnnkitError(f'{path}: expected a JSON object with "model", "train" and/or "data" sections')
         for name, values in loaded.items():
             if not isinstance(values, dict):
                 raise RnnkitError(f'{args.config}: section "{name}" must be a JSON object')
@@ -80,12 +85,26 @@ def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], 
     return sections["model"], sections["train"], sections["data"]
 
 
-def _default_data(out: Path) -> Path:
-    from ..text.household import write_corpus
+def presets() -> list[str]:
+    """The names of the preset configs shipped with rnnkit (`--config NAME`)."""
+    return sorted(p.stem for p in PRESETS.glob("*.json"))
 
+
+def preset_path(config: Path) -> Path:
+    """`config` itself, or the shipped preset of that name when no such file exists."""
+    preset = PRESETS / f"{config}.json"
+    if not config.exists() and config.parent == Path(".") and preset.exists():
+        return preset
+    if not config.exists():
+        raise RnnkitError(f"--config {config}: no such file, nor a preset (presets: {', '.join(presets())})")
+    return config
+
+
+def default_data(out: Path, sentences: int = household.DEFAULT_SENTENCES) -> Path:
+    """The household corpus, written once into the model directory's data folder."""
     path = out / "data" / "household.txt"
     if not path.exists():
-        write_corpus(path)
+        household.write_corpus(path, sentences)
     return path
 
 
@@ -107,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         model_fields = {**saved["model"], **model_fields}
     else:
         tokenizer = data.get("tokenizer", "word")
-    train_path = args.data if args.data is not None else _default_data(out)
+    train_path = args.data if args.data is not None else default_data(out)
     corpus = build_corpus(
         train_path, args.valid, args.test, out_dir=out / "data", tokenizer=tokenizer, vocab_size=data.get("vocab_size")
     )
@@ -115,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         model_config = LMConfig.from_dict({**model_fields, "vocab_size": corpus.tokenizer.vocab_size})
     except (TypeError, ValueError) as e:
         raise RnnkitError(f"bad model setting: {e}") from None
-    reporter = _Progress(quiet=args.quiet)
+    reporter = Progress(quiet=args.quiet)
     try:
         summary = train(out, corpus, model_config, config, resume=args.resume, callback=reporter)
     finally:
@@ -123,20 +142,25 @@ def run(args: argparse.Namespace) -> int:
     if summary["stopped"] == "interrupted":
         print(f"rnnkit: interrupted at step {summary['steps']}; saved in {out}, continue with --resume", file=sys.stderr)
         return 130
-    from ..checkpoint import load_model
-
-    model, _ = load_model(out, summary["device"])
-    test = evaluate(model, corpus.test, config.eval_batch_size, config.bptt)
-    record = {"test_loss": test["loss"], "test_perplexity": test["perplexity"], "test_tokens": test["tokens"]}
-    (out / "results.json").write_text(json.dumps({**summary, **record}, indent=2) + "\n")
+    results = finish(out, corpus, config, summary)
     print(
         f"{summary['stopped']} after {summary['steps']} steps: best valid perplexity "
-        f"{math.exp(min(summary['best_valid'], 700)):.2f}, test perplexity {test['perplexity']:.2f}; model in {out}"
+        f"{math.exp(min(summary['best_valid'], 700)):.2f}, test perplexity {results['test_perplexity']:.2f}; model in {out}"
     )
     return 0
 
 
-class _Progress:
+def finish(out: Path, corpus: Corpus, config: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the best model on the test split; write and return results.json (the summary and
+    the test numbers), whose presence marks a finished run."""
+    model, _ = load_model(out, summary["device"])
+    test = evaluate(model, corpus.test, config.eval_batch_size, config.bptt)
+    results = {**summary, "test_loss": test["loss"], "test_perplexity": test["perplexity"], "test_tokens": test["tokens"]}
+    write_json(out / "results.json", results)
+    return results
+
+
+class Progress:
     """A tqdm bar over the training steps, with loss, perplexity and tokens/s; tqdm shows time left."""
 
     def __init__(self, quiet: bool) -> None:

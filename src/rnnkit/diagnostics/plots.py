@@ -10,10 +10,12 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from .attribution import Attribution
 from .gradflow import GradientFlow
+from .memory import MemoryResult
 from .tasks import TaskResult
 
-CELL_COLORS = {"elman": "tab:red", "lstm": "tab:blue", "gru": "tab:green"}
+CELL_COLORS = {"elman": "tab:red", "lstm": "tab:blue", "gru": "tab:green", "window": "tab:purple"}
 PHASE_STYLES = ("--", "-", ":", "-.")
 
 
@@ -97,6 +99,44 @@ def plot_task_curves(results: Sequence[TaskResult]) -> Figure:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test loss")
     axes[0].legend(fontsize=8)
+    return fig
+
+
+def plot_memory(results: Sequence[MemoryResult], chance: float, window: int | None = None) -> Figure:
+    """Accuracy at the blank against the distance bucket, one line per model, chance dashed."""
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    labels = results[0].buckets
+    x = np.arange(len(labels))
+    for r in results:
+        name = f"window (n = {window})" if r.model == "window" and window else r.model
+        ax.plot(x, 100 * np.array(r.accuracy, dtype=float), "o-", color=CELL_COLORS.get(r.model), lw=1.5, label=name)
+    ax.axhline(100 * chance, color="grey", lw=1.0, ls="--", label=f"chance ({100 * chance:.1f}%)")
+    ax.set_xticks(x, labels)
+    ax.set(xlabel="words between the cue and the blank", ylabel="accuracy at the blank (%)", ylim=(0, 103),
+           title="Memory over distance: 'I picked up the <object> ... and turned on the ___'")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="center right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_attribution(attribution: Attribution) -> Figure:
+    """The prompt's tokens top to bottom, with their occlusion and gradient x input scores as bars."""
+    a = attribution
+    y = np.arange(len(a.tokens))
+    fig = Figure(figsize=(8, 0.28 * len(a.tokens) + 1.4), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    titles = ("occlusion: log-odds lost when the word is swapped\nfor the words the model expected there", "gradient x input (of the log-odds)")
+    for ax, scores, title in zip(axes, (a.occlusion, a.gradient_x_input), titles):
+        scores = np.asarray(scores)
+        ax.barh(y, scores, color=np.where(scores >= 0, "tab:blue", "tab:red"))
+        ax.axvline(0, color="black", lw=0.6)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks(y, a.tokens)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"Which words made the model say '{a.target}' (p = {a.prob:.3f})", fontsize=10)
     return fig
 
 

@@ -1,0 +1,187 @@
+"""Quality on the Penn Treebank: train a preset recipe with `rnnkit train`, as a user would, and
+record valid/test perplexity, wall time and tokens/s; plot validation perplexity against time.
+
+    python benchmarks/ptb.py --recipe ptb-cpu                 # the 15-minute CPU recipe
+    python benchmarks/ptb.py --recipe ptb-small               # Zaremba et al. 2014 small, 13 epochs
+    python benchmarks/ptb.py --recipe ptb-medium --device cuda
+    python benchmarks/ptb.py --quick                          # a few seconds, on a slice of the data
+    python benchmarks/ptb.py --plot                           # redraw the figure from docs/runs/
+
+A finished run is kept as docs/runs/ptb-<recipe>-<machine>.json (results and every evaluation) with
+--record; --plot draws every such file into docs/img/ptb-valid-vs-time.png. Recipes are the presets
+in src/rnnkit/presets/ (`rnnkit train --config NAME`). The data comes from --data (default: the
+shared copy beside the project, else `rnnkit data get ptb`'s folder); the script says so and exits
+0 when it is absent, and likewise when a GPU recipe finds no GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from rnnkit.cli import main as rnnkit
+from rnnkit.commands.train import preset_path
+from rnnkit.diagnostics import save_figure, write_json
+from rnnkit.errors import RnnkitError
+from rnnkit.text.datasets import split_paths
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data" / "ptb"
+FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
+GPU_RECIPES = {"ptb-medium", "ptb-large"}
+# test perplexity published for each recipe's model (Zaremba et al. 2014), for the table and plot
+PUBLISHED = {"ptb-small": 114.5, "ptb-medium": 82.7, "ptb-large": 78.4, "ptb-cpu": 114.5}
+
+
+def find_data(path: str | None) -> dict[str, Path] | None:
+    """The three PTB files by split: in --data, else the shared copy, else `rnnkit data get ptb`'s."""
+    folders = [Path(path)] if path else [SHARED]
+    for folder in folders:
+        if all((folder / f).is_file() for f in FILES.values()):
+            return {split: folder / f for split, f in FILES.items()}
+    if path:
+        return None
+    try:
+        return split_paths("ptb")
+    except RnnkitError:
+        return None
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "date": datetime.date.today().isoformat()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    try:
+        info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                        text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return info
+
+
+def _slice(data: dict[str, Path], into: Path, lines: int) -> dict[str, Path]:
+    """The first `lines` lines of each split, for --quick."""
+    into.mkdir(parents=True, exist_ok=True)
+    for split, path in data.items():
+        with open(path, encoding="utf-8") as f:
+            (into / FILES[split]).write_text("".join(line for _, line in zip(range(lines), f)), encoding="utf-8")
+    return {split: into / name for split, name in FILES.items()}
+
+
+def run_recipe(recipe: str, data: dict[str, Path], out: Path, device: str, extra: list[str]) -> dict:
+    """`rnnkit train --config recipe` on the PTB splits; returns results.json with tokens/s added."""
+    args = ["train", "--config", recipe, "--out", str(out), "--device", device,
+            f"--data={data['train']}", f"--valid={data['valid']}", f"--test={data['test']}", *extra]
+    print("rnnkit " + " ".join(args), file=sys.stderr, flush=True)
+    code = rnnkit(args)
+    if code != 0:
+        raise SystemExit(f"ptb.py: rnnkit train failed with status {code}")
+    results = json.loads((out / "results.json").read_text())
+    history = results["history"]
+    train_tokens = json.loads((out / "data" / "corpus.json").read_text())["splits"]["train"]["tokens"]
+    epochs = history[-1]["epoch"]  # fractional when the time budget ended an epoch
+    results["train_seconds"] = history[-1]["elapsed_s"]
+    results["tokens_per_s"] = train_tokens * epochs / max(history[-1]["elapsed_s"], 1e-9)
+    results["config"] = json.loads((out / "config.json").read_text())
+    return results
+
+
+def plot(runs_dir: Path, out: Path) -> Path | None:
+    """Validation perplexity against wall-clock minutes, one line per recorded run."""
+    from matplotlib.figure import Figure
+
+    runs = sorted(runs_dir.glob("ptb-*.json"))
+    runs = [(p.stem, json.loads(p.read_text())) for p in runs]
+    runs = [(name, r) for name, r in runs if "history" in r and "machine" in r]
+    if not runs:
+        return None
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for name, r in runs:
+        minutes = [h["elapsed_s"] / 60 for h in r["history"]]
+        where = r["machine"].get("gpu") or f"{r['machine']['cores']}-core CPU"
+        label = f"{r['recipe']} on {where}: test {r['test_perplexity']:.1f}"
+        ax.plot(minutes, [h["valid_perplexity"] for h in r["history"]], "o-", ms=3, lw=1.4, label=label)
+    for value in sorted({PUBLISHED[r["recipe"]] for _, r in runs if r["recipe"] in PUBLISHED}):
+        ax.axhline(value, color="grey", lw=0.8, ls=":")
+        ax.annotate(f"published test {value}", (0, value), xycoords=("axes fraction", "data"), fontsize=7,
+                    color="grey", va="bottom")
+    ax.set_yscale("log")
+    ax.set(xlabel="wall-clock minutes of training", ylabel="validation perplexity",
+           title="Penn Treebank: validation perplexity against training time")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return save_figure(out, fig, dpi=100)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default="ptb-cpu", help="a preset name or config file (default: %(default)s)")
+    p.add_argument("--data", help="folder with ptb.train.txt, ptb.valid.txt, ptb.test.txt")
+    p.add_argument("--out", help="model directory (default: a temporary one)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--quick", action="store_true", help="a few seconds on the first 300 lines, to check the path")
+    p.add_argument("--record", action="store_true", help="keep the results in docs/runs/ and redraw the plot")
+    p.add_argument("--plot", action="store_true", help="only redraw docs/img/ptb-valid-vs-time.png")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    args = p.parse_args()
+    figure = ROOT / "docs" / "img" / "ptb-valid-vs-time.png"
+    if args.plot:
+        print(f"wrote {plot(ROOT / 'docs' / 'runs', figure)}")
+        return 0
+
+    data = find_data(args.data)
+    if data is None:
+        where = args.data or f"{SHARED} nor in rnnkit's data folder"
+        print(f"skipped: the Penn Treebank is not in {where} (get it with `rnnkit data get ptb`)")
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("skipped: --device cuda, but no GPU is available here")
+        return 0
+    if Path(args.recipe).stem in GPU_RECIPES and args.device == "cpu" and not args.quick:
+        print(f"skipped: {args.recipe} is a GPU recipe (hours on a CPU); run it with --device cuda")
+        return 0
+    preset_path(Path(args.recipe))  # a clear error before any work
+
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = []
+        if args.quick:
+            data = _slice(data, Path(tmp) / "data", 300)
+            extra = ["--hidden", "16", "--epochs", "1", "--max-minutes", "0.2", "--quiet"]
+        out = Path(args.out) if args.out else Path(tmp) / "model"
+        results = run_recipe(args.recipe, data, out, args.device, extra)
+    results |= {"recipe": Path(args.recipe).stem, "machine": machine(), "quick": args.quick}
+    if args.record and not args.quick:
+        where = "gpu" if args.device == "cuda" else "cpu"
+        write_json(ROOT / "docs" / "runs" / f"ptb-{results['recipe']}-{where}.json", results)
+        plot(ROOT / "docs" / "runs", figure)
+    if args.json:
+        print(json.dumps(results))
+    else:
+        best = math.exp(min(results["best_valid"], 700))
+        print(f"{results['recipe']}: valid {best:.2f}, test {results['test_perplexity']:.2f} "
+              f"(published {PUBLISHED.get(results['recipe'], '-')}), {results['train_seconds'] / 60:.1f} min, "
+              f"{results['epochs_done']} epochs, {results['tokens_per_s']:.0f} tokens/s on {results['machine']['cpu']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

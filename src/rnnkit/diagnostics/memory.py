@@ -1,0 +1,234 @@
+"""Memory over distance: how far back can a model carry the word that decides the next one?
+
+Each model is trained as a language model on the same household sentences (see
+`text.household`) with the same budget, then fills the blank of held-out sentences:
+
+    I grabbed the slice of bread on the counter while the dog barked and turned on the ____
+                           \\___/ \\___________________________________________/
+                            cue        distance: words between cue and blank
+
+The accuracy at the blank (argmax over the vocabulary = the right device) is measured per
+distance bucket. A model with a fixed window of the n previous words (Bengio et al. 2003) sees the
+cue only while distance < n, so beyond that it can do no better than chance, 1 / (number of
+devices); a recurrent network must keep the cue in its state for the whole distance.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ..lm import LMConfig, RNNLanguageModel
+from ..text import WordTokenizer, household, train_tokenizer_from_text
+
+MODELS = ("elman", "lstm", "gru", "window")
+IGNORE = -100  # cross-entropy's ignore_index, for the padding after a sentence's end
+
+
+class WindowLM(nn.Module):
+    """A feed-forward language model over a fixed window of the n previous tokens (Bengio et al.
+    2003): y_t = V tanh(H [e(w_{t-n+1}); ...; e(w_t)] + d) + c. Positions before the start read `pad`.
+
+    forward(ids (T, B)) -> (logits (T, B, V), None), the same interface as RNNLanguageModel.
+    """
+
+    def __init__(self, vocab_size: int, window: int, embedding_size: int, hidden_size: int, pad: int) -> None:
+        super().__init__()
+        if window < 1:
+            raise ValueError(f"the window needs at least 1 token, got {window}")
+        self.window, self.pad = window, pad
+        self.embedding = nn.Embedding(vocab_size, embedding_size)
+        self.hidden = nn.Linear(window * embedding_size, hidden_size)
+        self.head = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, ids: Tensor, state: Any = None) -> tuple[Tensor, None]:
+        T, B = ids.shape
+        padded = torch.cat([ids.new_full((self.window - 1, B), self.pad), ids])  # (n - 1 + T, B)
+        windows = padded.unfold(0, self.window, 1)  # (T, B, n): tokens t-n+1 .. t
+        x = self.embedding(windows).reshape(T, B, -1)  # (T, B, n E)
+        return self.head(torch.tanh(self.hidden(x))), None
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Data, sizes and the training budget, the same for every model."""
+
+    max_distance: int = 39  # longest cue-blank distance in training and test sentences
+    buckets: tuple[int, ...] = (4, 5, 10, 20, 30)  # lower edges of the distance buckets
+    train_sentences: int = 6000
+    test_sentences: int = 1200
+    hidden_size: int = 128  # H of the recurrent models and of the window model's hidden layer
+    embedding_size: int = 32
+    window: int = 5  # n, the window model's previous tokens
+    steps: int = 4000  # AdamW steps for each model
+    batch_size: int = 32  # sentences per step
+    lr: float = 5e-3
+    clip: float = 1.0
+    seed: int = 0  # seeds weights, batches and the training sentences; the test set uses seed + 1
+
+    def __post_init__(self) -> None:
+        for name in ("train_sentences", "test_sentences", "hidden_size", "embedding_size", "window",
+                     "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be at least 0, got {self.steps}")
+        if self.max_distance < household.MIN_DISTANCE:
+            raise ValueError(f"max_distance must be at least {household.MIN_DISTANCE}, got {self.max_distance}")
+        edges = list(self.buckets)
+        if not edges or edges != sorted(set(edges)) or edges[0] > household.MIN_DISTANCE or edges[-1] > self.max_distance:
+            raise ValueError(f"buckets must be increasing lower edges, the first at most {household.MIN_DISTANCE} "
+                             f"and the last at most max_distance {self.max_distance}, got {edges}")
+        if not (self.lr > 0 and self.clip > 0):
+            raise ValueError(f"lr and clip must be positive, got {self.lr} and {self.clip}")
+
+    def bucket_labels(self) -> list[str]:
+        """'4', '5-9', ..., from the lower edges, the first starting at MIN_DISTANCE."""
+        lows = [max(self.buckets[0], household.MIN_DISTANCE), *self.buckets[1:]]
+        highs = [b - 1 for b in self.buckets[1:]] + [self.max_distance]
+        return [f"{lo}" if lo == hi else f"{lo}-{hi}" for lo, hi in zip(lows, highs)]
+
+
+@dataclass
+class MemoryResult:
+    """One model's accuracy at the blank: per bucket (with the number of test sentences in each)
+    and per distance."""
+
+    model: str
+    buckets: list[str]
+    accuracy: list[float | None]  # None: no test sentence in the bucket
+    counts: list[int]
+    by_distance: dict[int, float]
+    train_loss: float  # mean over the last tenth of the steps
+    parameters: int
+    seconds: float
+    losses: list[float] = field(repr=False, default_factory=list)  # mean training loss every 50 steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MemoryData:
+    """Household sentences as padded id tensors, and the test set's prompts."""
+
+    tokenizer: WordTokenizer
+    train: Tensor  # (N, L + 1): <eos> sentence <eos>, then IGNORE
+    prompts: Tensor  # (M, P): <eos> prompt, then <eos> as padding (never read: see `accuracy`)
+    prompt_lengths: Tensor  # (M,)
+    targets: Tensor  # (M,): the id of each prompt's device word
+    distances: Tensor  # (M,)
+    chance: float  # 1 / number of devices
+
+
+def make_data(config: MemoryConfig) -> MemoryData:
+    """Training sentences from `config.seed`, test sentences from seed + 1, one word tokenizer."""
+    train = household.generate(config.train_sentences, config.max_distance, config.seed)
+    test = household.generate(config.test_sentences, config.max_distance, config.seed + 1)
+    tokenizer = train_tokenizer_from_text("word", [s.text for s in train])
+    assert isinstance(tokenizer, WordTokenizer)
+    eos = tokenizer.eos_id
+    sentences = [[eos, *tokenizer.encode(s.text)] for s in train]
+    prompts = [[eos, *tokenizer.encode(s.prompt, add_eos=False)] for s in test]
+    return MemoryData(
+        tokenizer=tokenizer,
+        train=_pad(sentences, IGNORE),
+        prompts=_pad(prompts, eos),
+        prompt_lengths=torch.tensor([len(p) for p in prompts]),
+        targets=torch.tensor([tokenizer.id(s.target) for s in test]),
+        distances=torch.tensor([s.distance for s in test]),
+        chance=1.0 / len(household.DEVICES),
+    )
+
+
+def _pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
+    out = torch.full((len(rows), max(map(len, rows))), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row)
+    return out
+
+
+def make_model(name: str, vocab_size: int, config: MemoryConfig, pad: int) -> nn.Module:
+    """One layer of the named cell with an embedding and an output layer, or the window model."""
+    if name == "window":
+        return WindowLM(vocab_size, config.window, config.embedding_size, config.hidden_size, pad)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r} (expected one of {', '.join(MODELS)})")
+    return RNNLanguageModel(LMConfig(vocab_size, cell=name, hidden_size=config.hidden_size,
+                                     embedding_size=config.embedding_size, num_layers=1))
+
+
+def train_model(
+    model: nn.Module, data: MemoryData, config: MemoryConfig, progress: Callable[[int], None] | None = None
+) -> list[float]:
+    """`config.steps` AdamW steps of next-token cross-entropy on random batches of whole
+    sentences, each read from the zero state; returns the mean loss of every 50 steps."""
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
+    model.train()
+    losses, window = [], []
+    for step in range(config.steps):
+        rows = data.train[torch.randint(len(data.train), (config.batch_size,), generator=generator)]
+        rows = rows[:, : int((rows != IGNORE).sum(1).max())].T  # (L + 1, B), time first
+        x, y = rows[:-1].clamp(min=0), rows[1:]  # the padding read as ids is never scored
+        logits, _ = model(x)  # (L, B, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.step()
+        window.append(loss.detach())
+        if len(window) == 50 or step == config.steps - 1:
+            losses.append(float(torch.stack(window).mean()))
+            window = []
+        if progress is not None:
+            progress(1)
+    return losses
+
+
+@torch.no_grad()
+def blank_correct(model: nn.Module, data: MemoryData, batch_size: int = 256) -> Tensor:
+    """(M,) bool: whether the most probable next word after each test prompt is its device."""
+    model.eval()
+    correct = []
+    for start in range(0, len(data.prompts), batch_size):
+        prompts = data.prompts[start : start + batch_size]
+        lengths = data.prompt_lengths[start : start + batch_size]
+        logits, _ = model(prompts[:, : int(lengths.max())].T)  # (P, B, V)
+        # a prompt's last position sees only the prompt: the models are causal, padding comes after
+        last = logits[lengths - 1, torch.arange(len(prompts))]  # (B, V)
+        correct.append(last.argmax(-1) == data.targets[start : start + batch_size])
+    return torch.cat(correct)
+
+
+def measure(
+    name: str, data: MemoryData, config: MemoryConfig, progress: Callable[[int], None] | None = None
+) -> MemoryResult:
+    """Train the named model on `data` and measure its accuracy at the blank per bucket."""
+    torch.manual_seed(config.seed)
+    model = make_model(name, data.tokenizer.vocab_size, config, pad=data.tokenizer.eos_id)
+    started = time.perf_counter()
+    losses = train_model(model, data, config, progress)
+    correct = blank_correct(model, data).float()
+    edges = [*config.buckets, math.inf]
+    accuracy, counts = [], []
+    for lo, hi in itertools.pairwise(edges):
+        inside = (data.distances >= lo) & (data.distances < hi)
+        counts.append(int(inside.sum()))
+        accuracy.append(float(correct[inside].mean()) if inside.any() else None)
+    by_distance = {int(d): float(correct[data.distances == d].mean()) for d in data.distances.unique()}
+    tail = losses[-max(1, len(losses) // 10) :] if losses else [math.nan]
+    return MemoryResult(
+        model=name, buckets=config.bucket_labels(), accuracy=accuracy, counts=counts, by_distance=by_distance,
+        train_loss=sum(tail) / len(tail), parameters=sum(p.numel() for p in model.parameters()),
+        seconds=time.perf_counter() - started, losses=losses,
+    )
