@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rnnkit import Recurrent
 from rnnkit.lm import LMConfig, RNNLanguageModel
 
 
@@ -80,3 +81,30 @@ def test_config_round_trip_and_unknown_fields():
     assert LMConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown model config field"):
         LMConfig.from_dict({"vocab_size": 10, "colour": "red"})
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_one_generation_step_equals_the_model_on_one_token(cell):
+    from rnnkit.generate import _step
+
+    torch.manual_seed(0)
+    model = RNNLanguageModel(LMConfig(30, cell=cell, hidden_size=12, num_layers=2, dropout=0.3,
+                                      variational=True, weight_drop=0.2)).eval()
+    x = torch.randint(0, 30, (5, 3))
+    _, state = model(x, model.init_state(3))
+    token = torch.randint(0, 30, (1, 3))
+    expected, expected_state = model(token, state)
+    logits, new_state = _step(model, token, state)
+    torch.testing.assert_close(logits, expected, atol=1e-6, rtol=1e-5)
+    for a, b in zip(new_state if isinstance(new_state, tuple) else (new_state,),
+                    expected_state if isinstance(expected_state, tuple) else (expected_state,)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_eval_mode_ignores_variational_dropout_in_both_backends():
+    torch.manual_seed(0)
+    rnn = Recurrent("lstm", 4, 6, num_layers=3, dropout=0.5, variational=True).eval()
+    x = torch.randn(5, 2, 4)
+    out, _ = rnn(x)
+    torch.testing.assert_close(rnn.trace(x).outputs, out, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(rnn.trace(x).outputs, rnn.trace(x).outputs, atol=0, rtol=0)

@@ -44,3 +44,16 @@ def test_cuda_weights_stay_flat_after_load_and_optimiser_steps():
         opt.step()
     base = rec.flat_weights()[0].untyped_storage().data_ptr()
     assert all(w.untyped_storage().data_ptr() == base for w in rec.flat_weights())
+
+
+def test_cuda_windows_from_a_memmap_equal_those_read_on_the_cpu(tmp_path):
+    import numpy as np
+
+    from rnnkit.text import BPTTBatches
+
+    path = tmp_path / "ids.bin"
+    np.arange(1000, dtype=np.uint16).tofile(path)
+    ids = np.memmap(path, dtype=np.uint16, mode="r")
+    gpu, cpu = BPTTBatches(ids, 4, 7, "cuda"), BPTTBatches(ids, 4, 7, "cpu")
+    for (xg, yg), (xc, yc) in zip(gpu, cpu):  # the asynchronous copies land before they are read
+        assert xg.is_cuda and torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)

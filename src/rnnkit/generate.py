@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +39,49 @@ def encode_prompt(tokenizer: Tokenizer, prompt: str) -> tuple[list[int], list[st
 
 @torch.no_grad()
 def _read(model: RNNLanguageModel, ids: list[int]) -> tuple[Tensor, State]:
-    """Run the model over ids from the start state; return the log-probabilities (V,) of the next
-    token and the state."""
+    """Run the model (in eval mode) over ids from the start state; return the log-probabilities (V,)
+    of the next token and the state.
+
+    The model's forward in eval mode, with the output layer V applied to the last step only: one
+    (H, V) product instead of one per prompt token (2x650 LSTM, 21 tokens: 8.0 -> 6.0 ms)."""
     x = torch.tensor(ids, dtype=torch.long, device=_device(model))[:, None]  # (T, 1)
-    logits, state = model(x, model.start_state(1))
+    hidden, state = model.rnn(model.embed(x), model.start_state(1))  # (T, 1, H)
+    logits = model.head(hidden[-1:])  # (1, 1, V)
     return F.log_softmax(logits[-1, 0].float(), dim=-1), state
+
+
+@torch.no_grad()
+def next_log_probs(model: RNNLanguageModel, tokenizer: Tokenizer, prompts: Sequence[str]) -> Tensor:
+    """log p(next token | prompt) for each prompt, (N, V): the prompts read as one batch, each from
+    the start state, padded after its end (a recurrent model never reads ahead)."""
+    model.eval()
+    ids = [encode_prompt(tokenizer, prompt)[0] for prompt in prompts]
+    lengths = torch.tensor([len(i) for i in ids])
+    x = torch.full((int(lengths.max()), len(ids)), line_end_id(tokenizer), dtype=torch.long)  # (T, N)
+    for j, sequence in enumerate(ids):
+        x[: len(sequence), j] = torch.tensor(sequence)
+    hidden, _ = model.rnn(model.embed(x.to(_device(model))), model.start_state(len(ids)))  # (T, N, H)
+    last = hidden[lengths - 1, torch.arange(len(ids))]  # (N, H): each prompt's last step
+    return F.log_softmax(model.head(last).float(), dim=-1)
+
+
+@torch.no_grad()
+def _step(model: RNNLanguageModel, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+    """One time step of the model (in eval mode) for tokens (1, K): logits (1, K, V) and the state.
+
+    On a CPU an LSTM steps through its cells, layer by layer: at every call the fused kernel
+    (oneDNN's) copies each weight matrix into a layout of its own, which for a single token costs
+    more than the step (2x650, measured: 85 tokens/s through the fused kernel, 267 through the
+    cells). The two compute the same function (tests hold the backends equal)."""
+    if model.config.cell != "lstm" or tokens.device.type != "cpu":
+        return model(tokens, state)
+    x = model.embed(tokens)[0]  # (K, E)
+    h, c = [], []
+    for layer, cell in enumerate(model.rnn.cells):  # one cell per layer: a language model reads forwards
+        x, (h_layer, c_layer) = cell(x, (state[0][layer], state[1][layer]))
+        h.append(h_layer)
+        c.append(c_layer)
+    return model.head(x)[None], (torch.stack(h), torch.stack(c))  # (1, K, V); (L, K, H) each
 
 
 def predict_next(model: RNNLanguageModel, tokenizer: Tokenizer, prompt: str, top_k: int = 5) -> tuple[list[Prediction], list[str]]:
@@ -107,7 +145,7 @@ def sample(
         yield new_text[len(text):]
         text = new_text
         x = torch.tensor([[token]], device=_device(model))  # (1, 1)
-        logits, state = model(x, state)
+        logits, state = _step(model, x, state)
         logp = F.log_softmax(logits[-1, 0].float(), dim=-1)
 
 
@@ -125,7 +163,7 @@ def beam_search(model: RNNLanguageModel, tokenizer: Tokenizer, prompt: str = "",
     sequences = tokens[:, None]  # (K, 1)
     state = tuple(s.expand(-1, len(tokens), -1).contiguous() for s in state) if isinstance(state, tuple) else state.expand(-1, len(tokens), -1).contiguous()
     for _ in range(length - 1):
-        logits, state = model(sequences[:, -1][None], state)  # (1, K, V)
+        logits, state = _step(model, sequences[:, -1][None], state)  # (1, K, V)
         total = scores[:, None] + F.log_softmax(logits[0].float(), dim=-1)  # (K, V)
         scores, flat = total.flatten().topk(min(beam, total.numel()))
         parent, token = flat // V, flat % V

@@ -230,8 +230,10 @@ class Recurrent(nn.Module):
     def _between_layers(self, h: Tensor, mask_shape: tuple[int, ...]) -> Tensor:
         """Dropout on a layer's output before the next layer; with `variational`, mask_shape
         broadcasts one mask over time."""
+        if not self.training:
+            return h
         if not self.variational:
-            return F.dropout(h, self.dropout, self.training)
+            return F.dropout(h, self.dropout, True)
         keep = 1.0 - self.dropout
         return h * h.new_empty(mask_shape).bernoulli_(keep).div_(keep)
 
@@ -269,7 +271,7 @@ class Recurrent(nn.Module):
                 else:
                     mask = self._between_layers(x.new_ones(B, x.shape[-1]), (B, x.shape[-1]))
                     x = x * torch.cat([mask[:n] for n in packed.batch_sizes.tolist()])
-        final = [torch.cat(parts) for parts in zip(*finals)]  # (L*D, B, H) each
+        final = [torch.cat(parts) if len(parts) > 1 else parts[0] for parts in zip(*finals)]  # (L*D, B, H) each
         if packed is not None:
             unorder = packed.unsorted_indices
             out = PackedSequence(x, packed.batch_sizes, packed.sorted_indices, unorder)

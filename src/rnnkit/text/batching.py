@@ -100,7 +100,12 @@ class BPTTBatches:
         if self._data is not None:
             return self._data[start:end], self._data[start + 1 : end + 1]
         block = torch.from_numpy(np.ascontiguousarray(self._streams[:, start : end + 1].T, dtype=np.int64))  # (T+1, B)
-        block = block.to(self.device)
+        if torch.device(self.device or "cpu").type == "cuda":
+            # from pinned memory the copy is asynchronous: the host queues the next step instead of
+            # waiting for the GPU to finish this one
+            block = block.pin_memory().to(self.device, non_blocking=True)
+        else:
+            block = block.to(self.device)
         return block[:-1], block[1:]
 
     def iter_from(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:

@@ -1,0 +1,537 @@
+"""Training throughput of `rnnkit.train` against a plain PyTorch loop, and inference latency.
+
+Training: the real trainer (`rnnkit.trainer.train`, one epoch, no checkpoints, the default
+log_every) on a corpus of random token ids read through memmaps as `rnnkit train` reads them,
+against a plain loop (nn.Embedding -> nn.LSTM / GRU / RNN -> nn.Linear -> cross-entropy, SGD,
+gradient clipping, hidden state detached between windows) with the same shapes, seed, windows and
+optimiser settings. The two run interleaved in one process, round after round (rnnkit, plain,
+plain, rnnkit, ...), so that a noisy shared machine slows them alike; each round times the same
+steps (after the first log_every, which warm up), and the medians give the ratio rnnkit / plain.
+The trainer is timed between its own "step" reports, so its setup, final evaluation and saving
+are not counted. Peak memory: CUDA's allocator peak over the timed steps, or on a CPU the peak
+resident set of a fresh process that runs the loop once.
+
+Inference (on the CPU, each model in a fresh process): `predict_next` latency (median and p95 over
+200 calls, a 20-word prompt, warm model) and `sample` tokens/s (200 tokens, temperature 1 and
+greedy), random weights.
+
+    python benchmarks/throughput.py [--quick] [--device cpu|cuda|auto] [--cells lstm,gru,rnn]
+        [--shapes small,medium] [--parts train,inference] [--json] [--markdown docs/benchmarks.md]
+
+No data set is needed (the ids are random). `--device cuda` without a GPU prints why and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from rnnkit import LMConfig, RNNLanguageModel, predict_next, sample
+from rnnkit.text import EOS, UNK, Corpus, WordTokenizer
+from rnnkit.text.files import atomic_write
+from rnnkit.trainer import TrainConfig, train
+
+V = 10_000  # vocabulary of the Penn Treebank (Mikolov's version)
+SEED = 0
+LR, CLIP = 20.0, 0.25  # the trainer's defaults for SGD
+WARMUP = TrainConfig().log_every  # the trainer's first report comes after this many steps
+TORCH_RNN = {"lstm": nn.LSTM, "gru": nn.GRU, "elman": nn.RNN}
+CELL_NAMES = {"lstm": "lstm", "gru": "gru", "rnn": "elman", "elman": "elman"}  # flag -> rnnkit cell
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int  # H = E
+    layers: int  # L
+    batch: int  # B
+    bptt: int  # T
+
+
+# Zaremba et al. 2014, section 4.1: the small and medium PTB models (without their dropout)
+SHAPES = {"small": Shape(200, 2, 20, 20), "medium": Shape(650, 2, 20, 35)}
+QUICK_SHAPES = {"tiny": Shape(32, 2, 4, 8)}
+GPU_BATCH = 128  # on a GPU each shape also runs with this many streams
+
+
+@dataclass(frozen=True)
+class Case:
+    cell: str  # rnnkit's name: "lstm", "gru" or "elman"
+    name: str  # "small", "medium", "small-b128", ...
+    shape: Shape
+    device: str
+    bf16: bool  # the trainer's bf16 autocast on CUDA, mirrored by the plain loop
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.shape.batch * self.shape.bptt
+
+
+# ---------------------------------------------------------------- timing and memory of a span
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)
+
+
+def _reset_rss_peak() -> bool:
+    """Lower the kernel's peak-RSS mark (VmHWM) to the current RSS (Linux); False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _vm_hwm_mib() -> float:
+    with open("/proc/self/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kib / 1024
+
+
+class Span:
+    """The timed steps of one loop: wall time (the GPU synchronised at both ends) and the memory
+    peak within them: CUDA's allocator peak, or with `rss` the process's peak resident set."""
+
+    def __init__(self, device: str, rss: bool = False) -> None:
+        self.device, self.rss = device, rss
+        self.seconds: float | None = None
+        self.memory: dict[str, float | None] = {}
+
+    def start(self) -> None:
+        _sync(self.device)
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        elif self.rss:
+            # resetting VmHWM also lowers ru_maxrss, so the peak before it is read first
+            self._before, self._reset = _maxrss_mib(), _reset_rss_peak()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        _sync(self.device)
+        self.seconds = time.perf_counter() - self._t0
+        if self.device == "cuda":
+            self.memory = {"peak_allocated_mib": torch.cuda.max_memory_allocated() / 2**20}
+        elif self.rss:
+            loop = _vm_hwm_mib() if self._reset else None
+            self.memory = {"loop_rss_mib": loop, "peak_rss_mib": max(self._before, _maxrss_mib())}
+
+
+# ---------------------------------------------------------------- the two training loops
+
+
+def make_corpus(directory: Path, case: Case, steps: int, tokenizer: WordTokenizer) -> Corpus:
+    """Random ids for exactly `steps` full windows, in little-endian uint16 memmaps as
+    `build_corpus` writes them, and small valid and test splits."""
+    B, T = case.shape.batch, case.shape.bptt
+    rng = np.random.default_rng(SEED)
+    sizes = {"train": B * (steps * T + 1), "valid": 10 * (2 * T + 1), "test": 10 * (2 * T + 1)}
+    splits = {}
+    for name, n in sizes.items():
+        path = directory / f"{name}.bin"
+        rng.integers(0, V, n).astype("<u2").tofile(path)
+        splits[name] = np.memmap(path, dtype="<u2", mode="r", shape=(n,))
+    return Corpus(tokenizer=tokenizer, directory=directory, **splits)
+
+
+def run_rnnkit(case: Case, corpus: Corpus, directory: Path, steps: int, span: Span) -> None:
+    """`rnnkit.train` over WARMUP + steps windows, timed from its report after step WARMUP to its
+    report after the last step (both come before that step's optimizer update)."""
+    B, T = case.shape.batch, case.shape.bptt
+
+    def on_event(event: str, info: dict[str, Any]) -> None:
+        if event == "step" and info["step"] == WARMUP:
+            span.start()
+        elif event == "step" and info["step"] == WARMUP + steps:
+            span.stop()
+
+    model_config = LMConfig(vocab_size=V, cell=case.cell, hidden_size=case.shape.hidden, num_layers=case.shape.layers)
+    config = TrainConfig(
+        epochs=1, batch_size=B, bptt=T, lr=LR, clip=CLIP, checkpoint_every=None, seed=SEED, device=case.device,
+        bf16=case.bf16,
+    )
+    summary = train(directory, corpus, model_config, config, callback=on_event)
+    if summary["steps"] != WARMUP + steps or span.seconds is None:
+        raise RuntimeError(f"the trainer ran {summary['steps']} steps, expected {WARMUP + steps}")
+
+
+class PlainLM(nn.Module):
+    """The language model in plain PyTorch: nn.Embedding -> nn.LSTM / GRU / RNN -> nn.Linear."""
+
+    def __init__(self, cell: str, shape: Shape) -> None:
+        super().__init__()
+        H = shape.hidden
+        self.embedding = nn.Embedding(V, H)
+        self.rnn = TORCH_RNN[cell](H, H, shape.layers)
+        self.head = nn.Linear(H, V)
+
+    def forward(self, ids: Tensor, state: Any) -> tuple[Tensor, Any]:
+        hidden, state = self.rnn(self.embedding(ids), state)  # (T, B, H)
+        return self.head(hidden), state  # (T, B, V)
+
+
+def run_plain(case: Case, ids: np.ndarray, warmup: int, steps: int, span: Span) -> None:
+    """The plain loop over warmup + steps windows of `ids`, the timed span after the warm-up."""
+    B, T, H, L = case.shape.batch, case.shape.bptt, case.shape.hidden, case.shape.layers
+    device = torch.device(case.device)
+    data = torch.from_numpy(ids.astype(np.int64)).view(B, -1).t().contiguous().to(device)  # (N / B, B)
+    torch.manual_seed(SEED)
+    model = PlainLM(case.cell, case.shape).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=case.device == "cuda" and case.bf16)
+    h = torch.zeros(L, B, H, device=device)
+    state: Any = (h, h.clone()) if case.cell == "lstm" else h
+    for i in range(warmup + steps):
+        if i == warmup:
+            span.start()
+        x, y = data[i * T : (i + 1) * T], data[i * T + 1 : (i + 1) * T + 1]  # (T, B)
+        state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            logits, state = model(x, state)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        optimizer.step()
+    span.stop()
+
+
+def _tokenizer() -> WordTokenizer:
+    return WordTokenizer([UNK, EOS, *(f"w{i}" for i in range(V - 2))])
+
+
+def measure_memory(loop: str, case: Case, steps: int) -> dict[str, Any]:
+    """Run one loop (WARMUP + `steps` windows) in this process, meant to be a fresh one; return
+    its memory peaks."""
+    span = Span("cpu", rss=True)
+    with tempfile.TemporaryDirectory(prefix="rnnkit-throughput-") as tmp:
+        corpus = make_corpus(Path(tmp), case, WARMUP + steps, _tokenizer())
+        if loop == "rnnkit":
+            run_rnnkit(case, corpus, Path(tmp) / "model", steps, span)
+        else:
+            run_plain(case, np.asarray(corpus.train), WARMUP, steps, span)
+    return span.memory
+
+
+def in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the spec's job (`measure_memory` or `bench_inference`) in a new Python process and
+    return its result. One at a time: two loops with two threads each on two cores would crawl."""
+    done = subprocess.run(
+        [sys.executable, __file__, "--_child", json.dumps(spec)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the {spec['job']} run in a fresh process failed:\n{done.stderr}")
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec["job"] == "memory":
+        case = spec["case"]
+        return measure_memory(spec["loop"], Case(**{**case, "shape": Shape(**case["shape"])}), spec["steps"])
+    return bench_inference(**{**spec["args"], "shape": Shape(**spec["args"]["shape"])})
+
+
+def _steps_for(case: Case, seconds: float) -> int:
+    """Timed steps per round: about `seconds` of the plain loop, in whole reporting groups."""
+    probe = Span(case.device)
+    rng = np.random.default_rng(SEED)
+    run_plain(case, rng.integers(0, V, case.shape.batch * (5 * case.shape.bptt + 1)), 2, 3, probe)
+    assert probe.seconds is not None
+    groups = math.ceil(seconds / (probe.seconds / 3) / WARMUP)
+    return WARMUP * min(max(groups, 1), 100)
+
+
+def bench_training(case: Case, rounds: int, steps: int, memory_steps: int) -> dict[str, Any]:
+    tokenizer = _tokenizer()
+    seconds: dict[str, list[float]] = {"rnnkit": [], "plain": []}
+    memory: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="rnnkit-throughput-") as tmp:
+        corpus = make_corpus(Path(tmp), case, WARMUP + steps, tokenizer)
+        ids = np.asarray(corpus.train)
+        for r in range(rounds):
+            for loop in ("rnnkit", "plain") if r % 2 == 0 else ("plain", "rnnkit"):
+                span = Span(case.device)
+                if loop == "rnnkit":
+                    run_rnnkit(case, corpus, Path(tmp) / f"model-{r}", steps, span)
+                else:
+                    run_plain(case, ids, WARMUP, steps, span)
+                assert span.seconds is not None
+                seconds[loop].append(span.seconds)
+                if case.device == "cuda":  # the largest peak of the rounds
+                    peak = span.memory["peak_allocated_mib"]
+                    memory[loop] = {"peak_allocated_mib": max(peak, memory.get(loop, {}).get("peak_allocated_mib", 0))}
+    if case.device == "cpu":
+        memory = {
+            loop: in_fresh_process({"job": "memory", "loop": loop, "case": asdict(case), "steps": memory_steps})
+            for loop in seconds
+        }
+    tokens = steps * case.tokens_per_step
+    result: dict[str, Any] = {
+        "cell": case.cell, "shape": case.name, **asdict(case.shape), "vocab": V, "device": case.device,
+        "bf16": case.device == "cuda" and case.bf16, "rounds": rounds, "steps": steps, "warmup_steps": WARMUP,
+    }
+    for loop, values in seconds.items():
+        result[f"{loop}_tokens_per_s"] = tokens / statistics.median(values)
+        result[f"{loop}_seconds"] = values
+        result[f"{loop}_memory"] = memory[loop]
+    result["rnnkit_over_plain"] = result["rnnkit_tokens_per_s"] / result["plain_tokens_per_s"]
+    return result
+
+
+# ---------------------------------------------------------------- inference
+
+
+def bench_inference(cell: str, name: str, shape: Shape, calls: int, length: int, repeats: int) -> dict[str, Any]:
+    """predict_next latency and sample throughput of a warm model with random weights, on the CPU.
+
+    Run in a fresh process (`in_fresh_process`), as `rnnkit predict` runs: how long a call takes
+    depends on what the process allocated before (glibc returns large freed blocks to the kernel
+    until a larger one has been freed, and then the next call faults fresh pages in again)."""
+    torch.manual_seed(SEED)
+    config = LMConfig(vocab_size=V, cell=cell, hidden_size=shape.hidden, num_layers=shape.layers)
+    model = RNNLanguageModel(config).eval()
+    tokenizer = _tokenizer()
+    prompt = " ".join(random.Random(SEED).choices([f"w{i}" for i in range(V - 2)], k=20))
+    for _ in range(max(calls // 10, 2)):
+        predict_next(model, tokenizer, prompt, top_k=5)
+    latencies = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        predict_next(model, tokenizer, prompt, top_k=5)
+        latencies.append(1000 * (time.perf_counter() - start))
+    result: dict[str, Any] = {
+        "cell": cell, "model": name, **asdict(shape), "vocab": V, "prompt_words": 20, "calls": calls,
+        "predict_median_ms": statistics.median(latencies),
+        "predict_p95_ms": statistics.quantiles(latencies, n=20, method="inclusive")[18],
+        "generated_tokens": length, "repeats": repeats,
+    }
+    for label, temperature in (("sample", 1.0), ("greedy", 0.0)):
+        rates = []
+        for r in range(repeats):
+            start = time.perf_counter()
+            for _ in sample(model, tokenizer, prompt, length=length, temperature=temperature, seed=r):
+                pass
+            rates.append(length / (time.perf_counter() - start))
+        result[f"{label}_tokens_per_s"] = statistics.median(rates)
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.is_available()
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu": cpu or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if gpu else None,
+        "gpu": torch.cuda.get_device_name() if gpu else None,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _memory_key(r: dict[str, Any]) -> str:
+    """The memory figure a row shows: CUDA's peak, or the RSS peak of the timed steps where Linux
+    could reset the mark (else the process's peak)."""
+    if r["device"] == "cuda":
+        return "peak_allocated_mib"
+    return "loop_rss_mib" if r["rnnkit_memory"].get("loop_rss_mib") else "peak_rss_mib"
+
+
+def _line_training(r: dict[str, Any]) -> str:
+    key, mem = _memory_key(r), [r[f"{loop}_memory"] for loop in ("rnnkit", "plain")]
+    return (
+        f"{r['device']:4} {r['cell']:5} {r['shape']:10} B={r['batch']:<3} T={r['bptt']:<2} H={r['hidden']}x{r['layers']}"
+        f"  rnnkit {r['rnnkit_tokens_per_s']:8.0f} tok/s  plain {r['plain_tokens_per_s']:8.0f} tok/s"
+        f"  rnnkit/plain {r['rnnkit_over_plain']:.3f}  {key} rnnkit {mem[0][key]:.0f} plain {mem[1][key]:.0f}"
+    )
+
+
+def _line_inference(r: dict[str, Any]) -> str:
+    return (
+        f"cpu  {r['cell']:5} {r['model']:6} predict median {r['predict_median_ms']:6.2f} ms"
+        f"  p95 {r['predict_p95_ms']:6.2f} ms  sample {r['sample_tokens_per_s']:6.0f} tok/s"
+        f"  greedy {r['greedy_tokens_per_s']:6.0f} tok/s"
+    )
+
+
+def markdown_section(report: dict[str, Any]) -> str:
+    m, device = report["machine"], report["settings"]["device"]
+    build = f"CUDA {m['cuda']}, cuDNN {m['cudnn']}" if m["cuda"] else "CPU build"
+    where = f"{m['cpu']}, {m['cpu_count']} cores"
+    if device == "cuda":
+        where = f"{m['gpu']} (host: {where})"
+    measured = (
+        f"`python benchmarks/throughput.py {report['settings']['command']}`, measured {m['date']} on {where}; "
+        f"PyTorch {m['torch']} ({build}), {m['torch_threads']} threads; vocabulary {V}, random token ids."
+    )
+    lines = [f"## Throughput and latency: {'GPU' if device == 'cuda' else 'CPU'}", "", measured]
+    if report["training"]:
+        peak = "peak allocated" if device == "cuda" else "peak RSS"
+        about = (
+            "Training: tokens/s over the timed steps, median of interleaved rounds; rnnkit is `rnnkit.train` "
+            "(timed between its step reports), plain is the same model in plain PyTorch"
+            + (" (both in bf16 autocast)." if report["training"][0]["bf16"] else ".")
+            + (" Peak memory: the CUDA allocator's peak over the timed steps." if device == "cuda" else
+               " Peak memory: the resident set of a fresh process over the timed steps.")
+        )
+        header = (
+            "| cell | shape | B | T | H x L | rounds x steps | rnnkit (tok/s) | plain (tok/s) | rnnkit / plain "
+            f"| rnnkit {peak} (MiB) | plain {peak} (MiB) |"
+        )
+        lines += ["", about, "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in report["training"]:
+            key, mem = _memory_key(r), [r[f"{loop}_memory"] for loop in ("rnnkit", "plain")]
+            lines.append(
+                f"| {r['cell']} | {r['shape']} | {r['batch']} | {r['bptt']} | {r['hidden']} x {r['layers']} "
+                f"| {r['rounds']} x {r['steps']} | {r['rnnkit_tokens_per_s']:.0f} | {r['plain_tokens_per_s']:.0f} "
+                f"| {r['rnnkit_over_plain']:.3f} | {mem[0][key]:.0f} | {mem[1][key]:.0f} |"
+            )
+    if report["inference"]:
+        first = report["inference"][0]
+        about = (
+            f"Inference on the CPU, random weights, batch 1: `predict_next` over {first['calls']} calls with a "
+            f"{first['prompt_words']}-word prompt (warm model), and `sample` of {first['generated_tokens']} tokens "
+            f"(the prompt's reading included; median of {first['repeats']})."
+        )
+        header = (
+            "| cell | model | H x L | predict median (ms) | predict p95 (ms) "
+            "| sample, temperature 1 (tok/s) | greedy (tok/s) |"
+        )
+        lines += ["", about, "", header, "|---|---|---|---|---|---|---|"]
+        for r in report["inference"]:
+            lines.append(
+                f"| {r['cell']} | {r['model']} | {r['hidden']} x {r['layers']} | {r['predict_median_ms']:.2f} "
+                f"| {r['predict_p95_ms']:.2f} | {r['sample_tokens_per_s']:.0f} | {r['greedy_tokens_per_s']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, key: str, section: str) -> None:
+    """Put `section` between this script's markers in `path`, leaving the rest of the file (other
+    benchmarks' sections) as it is; the file is replaced atomically."""
+    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else (
+        "# Benchmarks\n\nMeasured by the scripts in `benchmarks/`; each script rewrites only its own section.\n"
+    )
+    block = f"{start}\n{section}{end}"
+    a, b = text.find(start), text.find(end)
+    if 0 <= a < b:
+        text = text[:a] + block + text[b + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few steps and calls: a few seconds (for CI)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where to train (inference: CPU)")
+    parser.add_argument("--cells", default="lstm", help="comma-separated: lstm, gru, rnn (default lstm)")
+    parser.add_argument("--shapes", default="small,medium", help="comma-separated: small, medium (on a GPU also B=128)")
+    parser.add_argument("--parts", default="train,inference", help="comma-separated: train, inference")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 5, 2 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: about --seconds)")
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of a timed span when --steps is not given")
+    parser.add_argument("--fp32", action="store_true", help="on CUDA, train in float32 (default: bf16 autocast, as rnnkit train)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with all results (progress to stderr)")
+    parser.add_argument("--markdown", type=Path, help="write the tables into this file (e.g. docs/benchmarks.md)")
+    parser.add_argument("--_child", help=argparse.SUPPRESS)  # a measurement in a fresh process
+    args = parser.parse_args()
+    if args._child:
+        print(json.dumps(_child(json.loads(args._child))))
+        return
+
+    cells = [c.strip() for c in args.cells.split(",")]
+    parts = {p.strip() for p in args.parts.split(",")}
+    shapes = QUICK_SHAPES if args.quick else {name.strip(): SHAPES.get(name.strip()) for name in args.shapes.split(",")}
+    bad = [c for c in cells if c not in CELL_NAMES] + [s for s, v in shapes.items() if v is None]
+    bad += sorted(parts - {"train", "inference"})
+    if bad or args.steps is not None and args.steps < 1 or args.rounds is not None and args.rounds < 1:
+        parser.error(f"unknown or bad values: {', '.join(bad) or '--steps / --rounds must be positive'}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("throughput.py: skipped, --device cuda was asked for but no CUDA device is here (try --device cpu)")
+        return
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
+    rounds = args.rounds or (2 if args.quick else 5)
+    say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
+    machine = machine_info()
+    say(
+        f"throughput.py: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}, "
+        f"{machine['torch_threads']} threads" + (f", {machine['gpu']}" if device == "cuda" else "")
+    )
+
+    training = []
+    if "train" in parts:
+        for cell in cells:
+            for name, shape in shapes.items():
+                variants = [(name, shape)]
+                if device == "cuda":
+                    variants.append((f"{name}-b{GPU_BATCH}", replace(shape, batch=GPU_BATCH)))
+                for case_name, case_shape in variants:
+                    case = Case(CELL_NAMES[cell], case_name, case_shape, device, not args.fp32)
+                    steps = args.steps or (WARMUP if args.quick else _steps_for(case, args.seconds))
+                    training.append(bench_training(case, rounds, steps, memory_steps=WARMUP))
+                    say(_line_training(training[-1]))
+    inference = []
+    if "inference" in parts:
+        calls, length, repeats = (20, 20, 2) if args.quick else (200, 200, 5)
+        for cell in cells:
+            for name, shape in shapes.items():
+                spec = {"cell": CELL_NAMES[cell], "name": name, "shape": asdict(shape), "calls": calls, "length": length,
+                        "repeats": repeats}
+                inference.append(in_fresh_process({"job": "inference", "args": spec}))
+                say(_line_inference(inference[-1]))
+
+    command = " ".join(sys.argv[1:])
+    report = {
+        "machine": machine,
+        "settings": {"device": device, "command": command, "quick": args.quick, "rounds": rounds, "vocab": V},
+        "training": training,
+        "inference": inference,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    if args.markdown is not None:
+        write_markdown(args.markdown, f"throughput:{device}", markdown_section(report))
+        say(f"throughput.py: wrote the tables to {args.markdown}")
+
+
+if __name__ == "__main__":
+    main()
