@@ -7,8 +7,9 @@ record valid/test perplexity, wall time and tokens/s; plot validation perplexity
     python benchmarks/ptb.py --quick                          # a few seconds, on a slice of the data
     python benchmarks/ptb.py --plot                           # redraw the figure from docs/runs/
 
-A finished run is kept as docs/runs/ptb-<recipe>-<machine>.json (results and every evaluation) with
---record; --plot draws every such file into docs/img/ptb-valid-vs-time.png. Recipes are the presets
+With --record a finished run is kept as docs/runs/<recipe>-<cpu|gpu>.json (results and every
+evaluation), and the table in docs/benchmarks.md and docs/img/ptb-valid-vs-time.png are redrawn
+from all the runs kept there (--plot redraws them alone). Recipes are the presets
 in src/rnnkit/presets/ (`rnnkit train --config NAME`). The data comes from --data (default: the
 shared copy beside the project, else `rnnkit data get ptb`'s folder); the script says so and exits
 0 when it is absent, and likewise when a GPU recipe finds no GPU.
@@ -17,17 +18,18 @@ shared copy beside the project, else `rnnkit data get ptb`'s folder); the script
 from __future__ import annotations
 
 import argparse
-import datetime
+import contextlib
 import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
+
+# a sibling script: benchmarks/ is on the path when this one runs
+from throughput import machine_info, write_markdown
 
 from rnnkit.cli import main as rnnkit
 from rnnkit.commands.train import preset_path
@@ -40,7 +42,7 @@ SHARED = ROOT.parent / "shared" / "data" / "ptb"
 FILES = {"train": "ptb.train.txt", "valid": "ptb.valid.txt", "test": "ptb.test.txt"}
 GPU_RECIPES = {"ptb-medium", "ptb-large"}
 # test perplexity published for each recipe's model (Zaremba et al. 2014), for the table and plot
-PUBLISHED = {"ptb-small": 114.5, "ptb-medium": 82.7, "ptb-large": 78.4, "ptb-cpu": 114.5}
+PUBLISHED = {"ptb-small": 114.5, "ptb-medium": 82.7, "ptb-large": 78.4, "ptb-cpu": 114.5, "ptb-medium-plateau": 82.7}
 
 
 def find_data(path: str | None) -> dict[str, Path] | None:
@@ -58,17 +60,7 @@ def find_data(path: str | None) -> dict[str, Path] | None:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "date": datetime.date.today().isoformat()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-        info["cuda"] = torch.version.cuda
+    info = machine_info()
     try:
         info["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                         text=True, check=True).stdout.strip()
@@ -91,7 +83,8 @@ def run_recipe(recipe: str, data: dict[str, Path], out: Path, device: str, extra
     args = ["train", "--config", recipe, "--out", str(out), "--device", device,
             f"--data={data['train']}", f"--valid={data['valid']}", f"--test={data['test']}", *extra]
     print("rnnkit " + " ".join(args), file=sys.stderr, flush=True)
-    code = rnnkit(args)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout is for the results (--json)
+        code = rnnkit(args)
     if code != 0:
         raise SystemExit(f"ptb.py: rnnkit train failed with status {code}")
     results = json.loads((out / "results.json").read_text())
@@ -104,27 +97,59 @@ def run_recipe(recipe: str, data: dict[str, Path], out: Path, device: str, extra
     return results
 
 
+def recorded(runs_dir: Path) -> list[tuple[str, dict]]:
+    """The runs kept in docs/runs/, by file name."""
+    runs = [(p.stem, json.loads(p.read_text())) for p in sorted(runs_dir.glob("ptb-*.json"))]
+    return [(name, r) for name, r in runs if "history" in r and "machine" in r]
+
+
+def _where(r: dict) -> str:
+    m = r["machine"]
+    return m.get("gpu") or f"{m['cpu']}, {m['cpu_count']} cores"
+
+
+def table(runs_dir: Path) -> str:
+    """The markdown section of docs/benchmarks.md: one row per recorded run."""
+    lines = [
+        "## Penn Treebank: perplexity against time",
+        "",
+        ("`python benchmarks/ptb.py --recipe NAME --record` trains a preset (`rnnkit train --config NAME`) on the "
+         "Penn Treebank; wall time includes the evaluations; tokens/s = training tokens / wall time."),
+        "",
+        "| recipe | machine | PyTorch | date | epochs | minutes | tokens/s | best valid | test | published test |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in recorded(runs_dir):
+        lines.append(
+            f"| {r['recipe']} | {_where(r)} | {r['machine']['torch']} | {r['machine']['date'][:10]} "
+            f"| {r['history'][-1]['epoch']:.2f} | {r['train_seconds'] / 60:.1f} | {r['tokens_per_s']:.0f} "
+            f"| {math.exp(r['best_valid']):.2f} | {r['test_perplexity']:.2f} | {PUBLISHED.get(r['recipe'], '-')} |"
+        )
+    lines += ["", "![validation perplexity against time](img/ptb-valid-vs-time.png)"]
+    return "\n".join(lines) + "\n"
+
+
 def plot(runs_dir: Path, out: Path) -> Path | None:
     """Validation perplexity against wall-clock minutes, one line per recorded run."""
     from matplotlib.figure import Figure
 
-    runs = sorted(runs_dir.glob("ptb-*.json"))
-    runs = [(p.stem, json.loads(p.read_text())) for p in runs]
-    runs = [(name, r) for name, r in runs if "history" in r and "machine" in r]
+    runs = recorded(runs_dir)
     if not runs:
         return None
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")
     ax = fig.subplots()
     for name, r in runs:
         minutes = [h["elapsed_s"] / 60 for h in r["history"]]
-        where = r["machine"].get("gpu") or f"{r['machine']['cores']}-core CPU"
-        label = f"{r['recipe']} on {where}: test {r['test_perplexity']:.1f}"
+        label = f"{r['recipe']} on {r['machine'].get('gpu') or 'the CPU'}: test {r['test_perplexity']:.1f}"
         ax.plot(minutes, [h["valid_perplexity"] for h in r["history"]], "o-", ms=3, lw=1.4, label=label)
     for value in sorted({PUBLISHED[r["recipe"]] for _, r in runs if r["recipe"] in PUBLISHED}):
         ax.axhline(value, color="grey", lw=0.8, ls=":")
         ax.annotate(f"published test {value}", (0, value), xycoords=("axes fraction", "data"), fontsize=7,
                     color="grey", va="bottom")
     ax.set_yscale("log")
+    ticks = [70, 80, 90, 100, 120, 150, 200, 300, 400]
+    ax.set_yticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set(xlabel="wall-clock minutes of training", ylabel="validation perplexity",
            title="Penn Treebank: validation perplexity against training time")
     ax.grid(alpha=0.3, which="both")
@@ -146,6 +171,7 @@ def main() -> int:
     figure = ROOT / "docs" / "img" / "ptb-valid-vs-time.png"
     if args.plot:
         print(f"wrote {plot(ROOT / 'docs' / 'runs', figure)}")
+        write_markdown(ROOT / "docs" / "benchmarks.md", "ptb", table(ROOT / "docs" / "runs"))
         return 0
 
     data = find_data(args.data)
@@ -171,8 +197,9 @@ def main() -> int:
     results |= {"recipe": Path(args.recipe).stem, "machine": machine(), "quick": args.quick}
     if args.record and not args.quick:
         where = "gpu" if args.device == "cuda" else "cpu"
-        write_json(ROOT / "docs" / "runs" / f"ptb-{results['recipe']}-{where}.json", results)
+        write_json(ROOT / "docs" / "runs" / f"{results['recipe']}-{where}.json", results)
         plot(ROOT / "docs" / "runs", figure)
+        write_markdown(ROOT / "docs" / "benchmarks.md", "ptb", table(ROOT / "docs" / "runs"))
     if args.json:
         print(json.dumps(results))
     else:

@@ -64,8 +64,9 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.json
     model_dir = _trained_model(out, retrain=args.retrain, quiet=quiet)
     if model_dir is None:
-        print(f"rnnkit: interrupted; the training so far is saved in {out / 'model'}, "
-              "run `rnnkit demo` again to continue it", file=sys.stderr)
+        where = "the cached model is unchanged" if args.retrain else (
+            f"the training so far is saved in {out / 'model'}, run `rnnkit demo` again to continue it")
+        print(f"rnnkit: interrupted; {where}", file=sys.stderr)
         return 130
     model, tokenizer = load_model(model_dir)
     prompts = {"sentence": household.SEED_SENTENCE.rsplit(" ", 1)[0], "alone": SHORT_PROMPT}

@@ -25,7 +25,7 @@ from ..diagnostics import (
     write_csv,
     write_json,
 )
-from ..diagnostics.memory import MODELS
+from ..diagnostics.memory import DEFAULT_BUCKETS, MODELS
 from ..errors import RnnkitError
 from .gradients import cell_list, output_dir
 
@@ -43,8 +43,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--window", type=int, default=d.window, help="n, the window model's previous words (default: %(default)s)")
     p.add_argument("--max-distance", type=int, default=d.max_distance,
                    help="longest distance between cue and blank (default: %(default)s)")
-    p.add_argument("--buckets", default=",".join(map(str, d.buckets)),
-                   help="lower edges of the distance buckets (default: %(default)s)")
+    p.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)),
+                   help="lower edges of the distance buckets, those up to --max-distance (default: %(default)s)")
     p.add_argument("--steps", type=int, default=d.steps, help="AdamW steps per model (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden units (default: %(default)s)")
     p.add_argument("--embedding", type=int, default=d.embedding_size, help="embedding size (default: %(default)s)")
@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         buckets = tuple(int(b) for b in args.buckets.split(",") if b.strip())
     except ValueError:
         raise RnnkitError(f"--buckets must be comma-separated integers, got {args.buckets!r}") from None
+    if args.buckets == ",".join(map(str, DEFAULT_BUCKETS)):
+        buckets = tuple(b for b in buckets if b <= args.max_distance)
     try:
         config = MemoryConfig(
             max_distance=args.max_distance, buckets=buckets, train_sentences=args.train_sentences,

@@ -30,6 +30,7 @@ from ..lm import LMConfig, RNNLanguageModel
 from ..text import WordTokenizer, household, train_tokenizer_from_text
 
 MODELS = ("elman", "lstm", "gru", "window")
+DEFAULT_BUCKETS = (4, 5, 10, 20, 30)  # 4 (the shortest distance), 5-9, 10-19, 20-29, 30-39
 IGNORE = -100  # cross-entropy's ignore_index, for the padding after a sentence's end
 
 
@@ -62,7 +63,7 @@ class MemoryConfig:
     """Data, sizes and the training budget, the same for every model."""
 
     max_distance: int = 39  # longest cue-blank distance in training and test sentences
-    buckets: tuple[int, ...] = (4, 5, 10, 20, 30)  # lower edges of the distance buckets
+    buckets: tuple[int, ...] | None = None  # lower edges of the distance buckets; None: DEFAULT_BUCKETS up to max_distance
     train_sentences: int = 6000
     test_sentences: int = 1200
     hidden_size: int = 128  # H of the recurrent models and of the window model's hidden layer
@@ -84,6 +85,8 @@ class MemoryConfig:
             raise ValueError(f"steps must be at least 0, got {self.steps}")
         if self.max_distance < household.MIN_DISTANCE:
             raise ValueError(f"max_distance must be at least {household.MIN_DISTANCE}, got {self.max_distance}")
+        if self.buckets is None:
+            object.__setattr__(self, "buckets", tuple(e for e in DEFAULT_BUCKETS if e <= self.max_distance))
         edges = list(self.buckets)
         if not edges or edges != sorted(set(edges)) or edges[0] > household.MIN_DISTANCE or edges[-1] > self.max_distance:
             raise ValueError(f"buckets must be increasing lower edges, the first at most {household.MIN_DISTANCE} "

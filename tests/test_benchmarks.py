@@ -1,0 +1,54 @@
+"""The benchmark scripts' --quick modes run end to end (the full runs are never part of the tests),
+and they skip with a message where their data or GPU is missing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+@pytest.mark.slow
+def test_throughput_quick_reports_both_loops_and_inference():
+    done = _run("throughput.py", "--quick", "--device", "cpu", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (row,) = report["training"]
+    assert row["rnnkit_tokens_per_s"] > 0 and row["plain_tokens_per_s"] > 0 and row["rnnkit_over_plain"] > 0
+    (inference,) = report["inference"]
+    assert 0 < inference["predict_median_ms"] <= inference["predict_p95_ms"]
+    assert report["machine"]["torch"] == torch.__version__
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_gpu_runs_skip_with_a_message_without_a_gpu():
+    done = _run("throughput.py", "--device", "cuda")
+    assert done.returncode == 0 and "skipped" in done.stdout
+    done = _run("ptb.py", "--recipe", "ptb-medium", "--device", "cuda")
+    assert done.returncode == 0 and "skipped" in done.stdout
+
+
+def test_ptb_skips_with_a_message_without_the_data(tmp_path):
+    done = _run("ptb.py", "--data", str(tmp_path))
+    assert done.returncode == 0 and done.stdout.startswith("skipped: the Penn Treebank is not in"), done.stdout
+
+
+@pytest.mark.slow
+def test_ptb_quick_trains_the_recipe_on_a_slice():
+    done = _run("ptb.py", "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    if done.stdout.startswith("skipped"):
+        pytest.skip(done.stdout.strip())
+    results = json.loads(done.stdout)
+    assert results["recipe"] == "ptb-cpu" and results["quick"]
+    assert results["test_perplexity"] > 1 and results["tokens_per_s"] > 0
+    assert results["config"]["model"]["tie_weights"]
