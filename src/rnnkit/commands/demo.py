@@ -184,7 +184,7 @@ def _format(report: dict[str, Any], memory: dict[str, Any]) -> str:
     scale = max(max(abs(v) for v in a["occlusion"]), 1e-9)
     for token, occ, gxi in zip(a["tokens"], a["occlusion"], a["gradient_x_input"]):
         bar = "#" * round(24 * max(occ, 0.0) / scale)
-        lines.append(f"{token:<12}{occ:>10.2f}{gxi:>14.2f}   {bar}")
+        lines.append(f"{token:<12}{occ:>10.2f}{gxi:>14.2f}   {bar}".rstrip())
 
     lines += ["", "Memory over distance:", format_table(memory), "",
               f"files: {report['files']['attribution']}, {report['files']['memory']}, {report['files']['json']}",

@@ -173,7 +173,7 @@ class Progress:
 
         if event == "start":
             self.bar = tqdm(total=info["steps"], initial=info["step"], unit="step", dynamic_ncols=True, file=sys.stderr)
-            self.bar.write(f"training on {info['device']}, {info['windows']} windows per epoch")
+            self.bar.write(f"training on {info['device']}, {info['windows']} windows per epoch", file=sys.stderr)
         elif event == "step" and self.bar is not None:
             self.bar.update(info["step"] - self.bar.n)
             self.bar.set_postfix(
@@ -183,7 +183,7 @@ class Progress:
         elif event == "eval" and self.bar is not None:
             self.bar.write(
                 f"step {info['step']}: valid perplexity {info['valid_perplexity']:.2f}"
-                + (" (best, saved)" if info["best"] else "")
+                + (" (best, saved)" if info["best"] else ""), file=sys.stderr,
             )
 
     def close(self) -> None:
