@@ -39,7 +39,7 @@ def test_data_prompts_end_before_their_device_and_buckets_cover_the_distances():
     for prompt, length, target in zip(data.prompts, data.prompt_lengths, data.targets):
         words = tok.decode(prompt[1:length].tolist()).split()
         assert words[-3:] == ["turned", "on", "the"] or words[-3:] == ["switched", "on", "the"]
-        assert tok.token(int(target)) in {d.split()[0] for d in household.DEVICES}
+        assert tok.token(int(target)) in set(household.DEVICE_WORDS)
     assert config.bucket_labels() == ["4", "5-9", "10-12"]
     assert data.distances.min() >= household.MIN_DISTANCE and data.distances.max() <= 12
     assert data.chance == pytest.approx(1 / 12)
@@ -101,7 +101,7 @@ def test_occlusion_and_gradient_x_input_follow_their_definitions():
     tok = make_data(MemoryConfig(train_sentences=30, test_sentences=1)).tokenizer
     model = RNNLanguageModel(LMConfig(tok.vocab_size, hidden_size=16, num_layers=2)).double().eval()
     prompt = "I took the tea bag on the shelf and turned on the"
-    devices = [d.split()[0] for d in household.DEVICES]
+    devices = list(household.DEVICE_WORDS)
     a = attribute(model, tok, prompt, "kettle", devices)
     words = prompt.split()
     assert a.tokens == words
@@ -145,7 +145,7 @@ def test_attribution_rejects_unknown_targets_and_empty_prompts():
 @pytest.mark.slow
 def test_attribution_ranks_the_cue_above_the_distractors_on_a_trained_model():
     model, tok = _tiny_household_model()
-    devices = [d.split()[0] for d in household.DEVICES]
+    devices = list(household.DEVICE_WORDS)
     checked = 0
     for sample in household.generate(40, max_distance=12, seed=7):
         cue = sample.cue.split()
@@ -226,7 +226,17 @@ def test_demo_runs_caches_and_retrains(cli, tmp_path, capsys, tiny_demo):
     assert cli(["demo", "--out", str(out), "--retrain", "--json"]) == 0
     json.loads(capsys.readouterr().out)
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns != weights
+    weights = (out / "model" / "model.safetensors").stat().st_mtime_ns
     assert not (out / "model.new").exists() and not (out / "model.old").exists()
+
+    # a --retrain stopped between its renames leaves model.old alone: it is put back, not retrained;
+    # a damaged memory.json is measured again
+    (out / "model").rename(out / "model.old")
+    (out / "memory" / "memory.json").write_text("{not json")
+    assert cli(["demo", "--out", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"] == str(out / "model")
+    assert (out / "model" / "model.safetensors").stat().st_mtime_ns == weights
+    json.loads((out / "memory" / "memory.json").read_text())
 
 
 def test_demo_out_that_is_a_file_fails_in_one_line(cli, tmp_path, capsys):

@@ -71,8 +71,8 @@ def _step(model: RNNLanguageModel, tokens: Tensor, state: State) -> tuple[Tensor
 
     On a CPU an LSTM steps through its cells, layer by layer: at every call the fused kernel
     (oneDNN's) copies each weight matrix into a layout of its own, which for a single token costs
-    more than the step (2x650, measured: 85 tokens/s through the fused kernel, 267 through the
-    cells). The two compute the same function (tests hold the backends equal)."""
+    more than the step (2x650: about 80 tokens/s through the fused kernel, 230 through the cells;
+    docs/benchmarks.md). The two compute the same function (tests hold the backends equal)."""
     if model.config.cell != "lstm" or tokens.device.type != "cpu":
         return model(tokens, state)
     x = model.embed(tokens)[0]  # (K, E)

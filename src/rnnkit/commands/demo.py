@@ -38,7 +38,8 @@ from .memory import format_table, run_memory
 from .train import Progress, default_data, finish
 
 SHORT_PROMPT = "turned on the"
-ALONE_SENTENCES, ALONE_SEED = 400, 7919  # sentences for "turned on the" alone: not the training seed, 0
+# sentences for "turned on the" alone, from another seed than the training corpus's (0): held out
+ALONE_SENTENCES, ALONE_SEED = 400, 7919
 SENTENCES = household.DEFAULT_SENTENCES  # of the household corpus the model is trained on
 # the demo's language model: about half a minute of training on 2 CPU cores, 10 epochs
 MODEL = {"cell": "lstm", "hidden_size": 128, "num_layers": 1}
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.json
     model_dir = _trained_model(out, retrain=args.retrain, quiet=quiet)
     if model_dir is None:
-        where = "the cached model is unchanged" if args.retrain else (
+        where = "the model in place is unchanged" if args.retrain else (
             f"the training so far is saved in {out / 'model'}, run `rnnkit demo` again to continue it")
         print(f"rnnkit: interrupted; {where}", file=sys.stderr)
         return 130
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     alone, sentences = _alone(model, tokenizer)
     top = {"sentence": predict_next(model, tokenizer, prompts["sentence"], top_k=5)[0], "alone": alone}
 
-    devices = [d.split()[0] for d in household.DEVICES]  # each device's first word is unique
+    devices = list(household.DEVICE_WORDS)
     said = top["sentence"][0].token
     attribution = attribute(model, tokenizer, prompts["sentence"], said, devices if said in devices else None)
     save_figure(out / "attribution.png", plot_attribution(attribution), dpi=100)
@@ -115,7 +116,9 @@ def _trained_model(out: Path, retrain: bool, quiet: bool) -> Path | None:
     """The demo's model directory: cached when a finished run is there (results.json), resumed
     when an interrupted one is, trained otherwise. With `retrain`, a new model is trained beside
     the old one, which is replaced only when the new one is finished. None if interrupted."""
-    model_dir = out / "model"
+    model_dir, old = out / "model", out / "model.old"
+    if old.exists() and not model_dir.exists():  # a --retrain stopped between its two renames
+        old.rename(model_dir)
     if (model_dir / "results.json").exists() and not retrain:
         return model_dir
     target = out / "model.new" if retrain else model_dir
@@ -137,7 +140,7 @@ def _trained_model(out: Path, retrain: bool, quiet: bool) -> Path | None:
         return None
     finish(target, corpus, TRAINING, summary)
     if retrain:
-        old = out / "model.old"
+        shutil.rmtree(old, ignore_errors=True)
         if model_dir.exists():
             model_dir.rename(old)
         target.rename(model_dir)
@@ -150,7 +153,10 @@ def _memory(out: Path, retrain: bool, quiet: bool) -> dict[str, Any]:
     settings, else measured again."""
     cached = out / "memory.json"
     if cached.exists() and not retrain:
-        report = read_json(cached, "the cached memory results")
+        try:
+            report = read_json(cached, "the cached memory results")
+        except RnnkitError:  # damaged: measure again
+            report = None
         if isinstance(report, dict) and report.get("config") == json.loads(json.dumps(asdict(MEMORY))):
             return report
     return run_memory(MEMORY, list(MODELS), output_dir(str(out)), quiet=quiet)

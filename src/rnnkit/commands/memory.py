@@ -43,8 +43,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--window", type=int, default=d.window, help="n, the window model's previous words (default: %(default)s)")
     p.add_argument("--max-distance", type=int, default=d.max_distance,
                    help="longest distance between cue and blank (default: %(default)s)")
-    p.add_argument("--buckets", default=",".join(map(str, DEFAULT_BUCKETS)),
-                   help="lower edges of the distance buckets, those up to --max-distance (default: %(default)s)")
+    p.add_argument("--buckets", help="lower edges of the distance buckets (default: those of "
+                   f"{','.join(map(str, DEFAULT_BUCKETS))} up to --max-distance)")
     p.add_argument("--steps", type=int, default=d.steps, help="AdamW steps per model (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=d.hidden_size, help="hidden units (default: %(default)s)")
     p.add_argument("--embedding", type=int, default=d.embedding_size, help="embedding size (default: %(default)s)")
@@ -62,11 +62,9 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     models = cell_list(args.models, MODELS, "--models", "model")
     try:
-        buckets = tuple(int(b) for b in args.buckets.split(",") if b.strip())
+        buckets = None if args.buckets is None else tuple(int(b) for b in args.buckets.split(",") if b.strip())
     except ValueError:
         raise RnnkitError(f"--buckets must be comma-separated integers, got {args.buckets!r}") from None
-    if args.buckets == ",".join(map(str, DEFAULT_BUCKETS)):
-        buckets = tuple(b for b in buckets if b <= args.max_distance)
     try:
         config = MemoryConfig(
             max_distance=args.max_distance, buckets=buckets, train_sentences=args.train_sentences,
@@ -102,10 +100,10 @@ def run_memory(config: MemoryConfig, models: list[str], out: Path, quiet: bool =
         "buckets": config.bucket_labels(), "results": [r.to_dict() for r in results],
         "files": {name.split(".")[1]: str(out / name) for name in FILES},
     }
-    write_json(out / "memory.json", report)
     write_csv(out / "memory.csv", ["model", *report["buckets"], "parameters", "seconds"],
               [[r.model, *("" if a is None else f"{a:.4f}" for a in r.accuracy), r.parameters, f"{r.seconds:.1f}"] for r in results])
     save_figure(out / "memory.png", plot_memory(results, data.chance, config.window), dpi=100)
+    write_json(out / "memory.json", report)  # last: the demo takes its presence for a finished run
     return report
 
 

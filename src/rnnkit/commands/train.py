@@ -74,7 +74,7 @@ def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], 
             raise RnnkitError(f'{path}: expected a JSON object with "model", "train" and/or "data" sections')
         for name, values in loaded.items():
             if not isinstance(values, dict):
-                raise RnnkitError(f'{args.config}: section "{name}" must be a JSON object')
+                raise RnnkitError(f'{path}: section "{name}" must be a JSON object')
             sections[name].update(values)
     for flag, (section, field) in FLAGS.items():
         if getattr(args, flag) is not None:

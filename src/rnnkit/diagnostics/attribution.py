@@ -84,19 +84,23 @@ def attribute(
     T = len(ids)
 
     # occlusion: (T - 1) * K prompts, token i replaced by each of the K alternatives, one batch
+    if alternatives < 1:
+        raise RnnkitError(f"alternatives must be at least 1, got {alternatives}")
     K = min(alternatives, model.config.vocab_size - 1)
+    rows = torch.arange(T - 1, device=device)
     with torch.no_grad():
         logits, _ = model(x, model.start_state(1))
         base = _log_odds(logits[-1, 0], target_id, cands)
         p = logits[:-1, 0].float().softmax(-1)  # (T - 1, V): p(token i | tokens before it), i = 1 .. T-1
-        p[torch.arange(T - 1), x[1:, 0]] = 0  # other tokens than the one there
+        p[rows, x[1:, 0]] = 0  # other tokens than the one there
         q, words = p.topk(K, dim=-1)  # (T - 1, K)
         q = q / q.sum(-1, keepdim=True)
-        rows = torch.arange(T - 1, device=device)
         variants = x[:, 0].repeat(T - 1, K, 1)  # (T - 1, K, T)
         variants[rows[:, None], torch.arange(K, device=device), rows[:, None] + 1] = words
-        logits, _ = model(variants.view(-1, T).T, model.start_state((T - 1) * K))  # (T, (T - 1) K, V)
-        occlusion = base - (q * _log_odds(logits[-1], target_id, cands).view(T - 1, K)).sum(-1)  # (T - 1,)
+        # the output layer on the last step only: (T - 1) K rows of V logits, not T times as many
+        hidden, _ = model.rnn(model.embed(variants.view(-1, T).T), model.start_state((T - 1) * K))  # (T, (T-1) K, H)
+        logits = model.head(hidden[-1])  # ((T - 1) K, V)
+        occlusion = base - (q * _log_odds(logits, target_id, cands).view(T - 1, K)).sum(-1)  # (T - 1,)
 
     # gradient x input; cuDNN computes RNN gradients in training mode only, so use the native kernels
     with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):

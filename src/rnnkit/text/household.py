@@ -73,6 +73,7 @@ PAIRS: tuple[Pair, ...] = (
 OBJECTS: tuple[str, ...] = tuple(p.object for p in PAIRS)
 DEVICES: tuple[str, ...] = tuple(p.device for p in PAIRS)
 DEVICE_OF: dict[str, str] = {p.object: p.device for p in PAIRS}
+DEVICE_WORDS: tuple[str, ...] = tuple(d.split()[0] for d in DEVICES)  # unique: the word after the blank
 
 PICK_UP_VERBS = ("picked up", "grabbed", "found", "took")
 # where the object lay: any place with any object, so that the place says nothing of the device
