@@ -32,10 +32,10 @@ import torch
 from throughput import machine_info, write_markdown
 
 from rnnkit.cli import main as rnnkit
-from rnnkit.commands.train import preset_path
+from rnnkit.apps.lm.presets import preset_path
 from rnnkit.diagnostics import save_figure, write_json
 from rnnkit.errors import RnnkitError
-from rnnkit.text.datasets import split_paths
+from rnnkit.data.datasets import split_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data" / "ptb"

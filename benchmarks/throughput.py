@@ -1,6 +1,6 @@
 """Training throughput of `rnnkit.train` against a plain PyTorch loop, and inference latency.
 
-Training: the real trainer (`rnnkit.trainer.train`, one epoch, no checkpoints, the default
+Training: the real trainer (`rnnkit.train`, one epoch, no checkpoints, the default
 log_every) on a corpus of random token ids read through memmaps as `rnnkit train` reads them,
 against a plain loop (nn.Embedding -> nn.LSTM / GRU / RNN -> nn.Linear -> cross-entropy, SGD,
 gradient clipping, hidden state detached between windows) with the same shapes, seed, windows and
@@ -46,9 +46,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from rnnkit import LMConfig, RNNLanguageModel, predict_next, sample
-from rnnkit.text import EOS, UNK, Corpus, WordTokenizer
-from rnnkit.text.files import atomic_write
-from rnnkit.trainer import TrainConfig, train
+from rnnkit.data import EOS, UNK, Corpus, WordTokenizer
+from rnnkit.data.files import atomic_write
+from rnnkit.training.loop import TrainConfig, train
 
 V = 10_000  # vocabulary of the Penn Treebank (Mikolov's version)
 SEED = 0

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnkit.errors import RnnkitError
-from rnnkit.text import BPTTBatches, detach_state
+from rnnkit.data import BPTTBatches, detach_state
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from rnnkit.cells import CELLS, ElmanCell, GRUCell, LSTMCell, make_cell
+from rnnkit.nn.cells import CELLS, ElmanCell, GRUCell, LSTMCell, make_cell
 
 E, H, B = 5, 7, 4
 

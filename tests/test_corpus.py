@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnkit.errors import RnnkitError
-from rnnkit.text import build_corpus, files, open_corpus, plan_splits, train_tokenizer_from_text
-from rnnkit.text.files import read_blocks, whole
+from rnnkit.data import build_corpus, files, open_corpus, plan_splits, train_tokenizer_from_text
+from rnnkit.data.files import read_blocks, whole
 
 WORDS = "the cat sat on a mat and dog ran far away".split()
 
@@ -266,7 +266,7 @@ def test_open_refuses_what_does_not_match(tmp_path) -> None:
 # the pytest process it was forked from, since Linux keeps it across exec
 _MEASURE = """
 import sys
-from rnnkit.text import build_corpus
+from rnnkit.data import build_corpus
 
 def peak():
     with open("/proc/self/status") as f:

@@ -14,8 +14,8 @@ import pytest
 
 from rnnkit import cli
 from rnnkit.errors import RnnkitError
-from rnnkit.text import datasets
-from rnnkit.text.datasets import Dataset, RemoteFile
+from rnnkit.data import datasets
+from rnnkit.data.datasets import Dataset, RemoteFile
 
 TRAIN = bytes(range(256)) * 64  # 16 KiB, several reads long
 VALID = b"the cat sat on the mat\n" * 50

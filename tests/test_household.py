@@ -9,8 +9,8 @@ import pytest
 
 from rnnkit import cli
 from rnnkit.errors import RnnkitError
-from rnnkit.text import household
-from rnnkit.text.household import DEVICES, MIN_DISTANCE, OBJECTS, SEED_SENTENCE, generate, parse
+from rnnkit.demos.household import corpus as household
+from rnnkit.demos.household.corpus import DEVICES, MIN_DISTANCE, OBJECTS, SEED_SENTENCE, generate, parse
 
 
 @pytest.fixture(scope="module")

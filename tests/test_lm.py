@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rnnkit import Recurrent
-from rnnkit.lm import LMConfig, RNNLanguageModel
+from rnnkit.apps.lm.model import LMConfig, RNNLanguageModel
 
 
 @pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
@@ -85,7 +85,7 @@ def test_config_round_trip_and_unknown_fields():
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_one_generation_step_equals_the_model_on_one_token(cell):
-    from rnnkit.generate import _step
+    from rnnkit.apps.lm.generate import _step
 
     torch.manual_seed(0)
     model = RNNLanguageModel(LMConfig(30, cell=cell, hidden_size=12, num_layers=2, dropout=0.3,

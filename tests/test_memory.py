@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from rnnkit import LMConfig, RNNLanguageModel
-from rnnkit.commands import demo
-from rnnkit.diagnostics import MemoryConfig, WindowLM, attribute, make_data, measure
-from rnnkit.diagnostics.memory import blank_correct, make_model, train_model
-from rnnkit.text import household
-from rnnkit.trainer import TrainConfig
+from rnnkit.cli import demo
+from rnnkit.demos.household.memory import MemoryConfig, WindowLM, make_data, measure
+from rnnkit.diagnostics import attribute
+from rnnkit.demos.household.memory import blank_correct, make_model, train_model
+from rnnkit.demos.household import corpus as household
+from rnnkit.training.loop import TrainConfig
 
 
 def test_window_model_sees_exactly_the_last_n_tokens():

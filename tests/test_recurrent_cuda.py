@@ -49,7 +49,7 @@ def test_cuda_weights_stay_flat_after_load_and_optimiser_steps():
 def test_cuda_windows_from_a_memmap_equal_those_read_on_the_cpu(tmp_path):
     import numpy as np
 
-    from rnnkit.text import BPTTBatches
+    from rnnkit.data import BPTTBatches
 
     path = tmp_path / "ids.bin"
     np.arange(1000, dtype=np.uint16).tofile(path)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnkit.errors import RnnkitError
-from rnnkit.text import (
+from rnnkit.data import (
     EOS,
     UNK,
     Tokenizer,

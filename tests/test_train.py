@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rnnkit.checkpoint import load_model
+from rnnkit.training.checkpoint import load_model
 from rnnkit.cli import main
-from rnnkit.generate import beam_search, predict_next, sample
-from rnnkit.lm import LMConfig
-from rnnkit.text import build_corpus
-from rnnkit.trainer import TrainConfig, train
+from rnnkit.apps.lm.generate import beam_search, predict_next, sample
+from rnnkit.apps.lm.model import LMConfig
+from rnnkit.data import build_corpus
+from rnnkit.training.loop import TrainConfig, train
 
 from helpers import ANIMALS, animal_corpus
 
@@ -215,7 +215,7 @@ def test_exponential_schedule_keeps_the_rate_then_decays_it_every_epoch(tmp_path
 
 
 def test_config_presets_by_name_and_their_errors(capsys, tmp_path, corpus_file):
-    from rnnkit.commands.train import presets
+    from rnnkit.apps.lm.presets import presets
 
     assert {"ptb-small", "ptb-medium", "ptb-large", "ptb-cpu"} <= set(presets())
     # the preset's settings apply, flags override them: a tiny version of the small PTB recipe

@@ -4,15 +4,15 @@ Shape legend used throughout: B batch, T time, E input features, H hidden units,
 L layers, D directions (1 or 2).
 """
 
-from .cells import CELLS, Cell, ElmanCell, GRUCell, LSTMCell, make_cell
-from .checkpoint import load_model
-from .generate import beam_search, predict_next, sample
-from .lm import LMConfig, RNNLanguageModel
-from .recurrent import Recurrent, Trace
-from .text import build_corpus
-from .trainer import TrainConfig, evaluate, train
+from .apps.lm.generate import beam_search, predict_next, sample
+from .apps.lm.model import LMConfig, RNNLanguageModel
+from .data import build_corpus
+from .nn.cells import CELLS, Cell, ElmanCell, GRUCell, LSTMCell, make_cell
+from .nn.recurrent import Recurrent, Trace
+from .training.checkpoint import load_model
+from .training.loop import TrainConfig, evaluate, train
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "CELLS",

@@ -3,7 +3,6 @@
 tanh.py      iterated tanh and its derivative, the seed's intuition
 gradflow.py  ||dL/ds_t|| through time, step Jacobians, the spectrum of the Elman W
 tasks.py     the adding and copy-memory tasks, a small model and its training loop
-memory.py    accuracy at the household blank against distance: Elman, LSTM, GRU, a window model
 attribution.py  which prompt words drove a prediction (occlusion, gradient x input)
 plots.py     the figures;  io.py  atomic writes of PNG, JSON and CSV
 """
@@ -11,12 +10,10 @@ plots.py     the figures;  io.py  atomic writes of PNG, JSON and CSV
 from .attribution import Attribution, attribute
 from .gradflow import GradientFlow, gradient_flow, step_jacobians, vanishing_lag
 from .io import save_figure, write_csv, write_json
-from .memory import MemoryConfig, MemoryResult, WindowLM, make_data, measure
 from .plots import (
     plot_attribution,
     plot_gradient_flow,
     plot_iterated_tanh,
-    plot_memory,
     plot_task_curves,
 )
 from .tanh import iterated_tanh
@@ -40,13 +37,10 @@ __all__ = [
     "TASKS",
     "Attribution",
     "GradientFlow",
-    "MemoryConfig",
-    "MemoryResult",
     "Task",
     "TaskConfig",
     "TaskModel",
     "TaskResult",
-    "WindowLM",
     "adding_problem",
     "attribute",
     "copy_baseline",
@@ -55,13 +49,10 @@ __all__ = [
     "gradient_flow",
     "held_out",
     "iterated_tanh",
-    "make_data",
     "make_model",
-    "measure",
     "plot_attribution",
     "plot_gradient_flow",
     "plot_iterated_tanh",
-    "plot_memory",
     "plot_task_curves",
     "save_figure",
     "step_jacobians",

@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 
 from ..errors import RnnkitError
-from ..generate import encode_prompt
-from ..lm import RNNLanguageModel
-from ..text import Tokenizer
+from ..apps.lm.generate import encode_prompt
+from ..apps.lm.model import RNNLanguageModel
+from ..data import Tokenizer
 
 
 @dataclass(frozen=True)

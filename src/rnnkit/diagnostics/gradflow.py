@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
 
-from ..cells import Cell, ElmanCell, State
-from ..recurrent import Recurrent, Trace
+from ..nn.cells import Cell, ElmanCell, State
+from ..nn.recurrent import Recurrent, Trace
 
 # how many Jacobian entries one vmap call may hold at once (float64: 8 bytes each)
 _JACOBIAN_CHUNK = 1 << 22

@@ -12,7 +12,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..text.files import atomic_write
+from ..data.files import atomic_write
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -12,7 +12,6 @@ from torch import Tensor
 
 from .attribution import Attribution
 from .gradflow import GradientFlow
-from .memory import MemoryResult
 from .tasks import TaskResult
 
 CELL_COLORS = {"elman": "tab:red", "lstm": "tab:blue", "gru": "tab:green", "window": "tab:purple"}
@@ -99,25 +98,6 @@ def plot_task_curves(results: Sequence[TaskResult]) -> Figure:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test loss")
     axes[0].legend(fontsize=8)
-    return fig
-
-
-def plot_memory(results: Sequence[MemoryResult], chance: float, window: int | None = None) -> Figure:
-    """Accuracy at the blank against the distance bucket, one line per model, chance dashed."""
-    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
-    ax = fig.subplots()
-    labels = results[0].buckets
-    x = np.arange(len(labels))
-    for r in results:
-        name = f"window (n = {window})" if r.model == "window" and window else r.model
-        ax.plot(x, 100 * np.array(r.accuracy, dtype=float), "o-", color=CELL_COLORS.get(r.model), lw=1.5, label=name)
-    ax.axhline(100 * chance, color="grey", lw=1.0, ls="--", label=f"chance ({100 * chance:.1f}%)")
-    ax.set_xticks(x, labels)
-    ax.set(xlabel="words between the cue and the blank", ylabel="accuracy at the blank (%)", ylim=(0, 103),
-           title="Memory over distance: 'I picked up the <object> ... and turned on the ___'")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=8, loc="center right")
-    ax.grid(alpha=0.3)
     return fig
 
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..recurrent import Recurrent
+from ..nn.recurrent import Recurrent
 
 COPY_SYMBOLS = 8  # data symbols 1..8; 0 is the blank and 9 the marker
 COPY_LENGTH = 10  # symbols to remember

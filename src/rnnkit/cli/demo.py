@@ -19,20 +19,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_model, read_json
+from ..training.checkpoint import load_model, read_json
 from ..diagnostics import (
-    MemoryConfig,
     attribute,
     plot_attribution,
     save_figure,
     write_json,
 )
-from ..diagnostics.memory import MODELS
+from ..demos.household.memory import MODELS, MemoryConfig
 from ..errors import RnnkitError
-from ..generate import Prediction, next_log_probs, predict_next
-from ..lm import LMConfig, RNNLanguageModel
-from ..text import Tokenizer, build_corpus, household
-from ..trainer import TrainConfig, train
+from ..apps.lm.generate import Prediction, next_log_probs, predict_next
+from ..apps.lm.model import LMConfig, RNNLanguageModel
+from ..data import Tokenizer, build_corpus
+from ..demos.household import corpus as household
+from ..training.loop import TrainConfig, train
 from .gradients import output_dir
 from .memory import format_table, run_memory
 from .train import Progress, default_data, finish

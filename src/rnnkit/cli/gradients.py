@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..cells import CELLS
-from ..checkpoint import load_model, read_config
+from ..nn.cells import CELLS
+from ..training.checkpoint import load_model, read_config
 from ..diagnostics import (
     TASKS,
     GradientFlow,
@@ -38,8 +38,8 @@ from ..diagnostics import (
     write_json,
 )
 from ..errors import RnnkitError
-from ..text import BPTTBatches, open_corpus
-from ..text.files import read_blocks, text_files, whole
+from ..data import BPTTBatches, open_corpus
+from ..data.files import read_blocks, text_files, whole
 
 RATIO = 1e-3  # "vanished": below this fraction of the gradient at lag 0
 TEST_SIZE = 256  # held-out adding-problem sequences for the MSE; the first --batch are measured

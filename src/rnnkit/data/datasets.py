@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .. import __version__
+from .._version import __version__
 from ..errors import RnnkitError
 from .files import atomic_write
 

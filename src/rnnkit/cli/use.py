@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import load_model
-from ..generate import beam_search, predict_next, sample
-from ..text.files import read_blocks, text_files, whole
-from ..trainer import evaluate, resolve_device
+from ..training.checkpoint import load_model
+from ..apps.lm.generate import beam_search, predict_next, sample
+from ..data.files import read_blocks, text_files, whole
+from ..training.loop import evaluate, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -22,12 +22,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
+from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..lm import LMConfig, RNNLanguageModel
-from ..text import WordTokenizer, household, train_tokenizer_from_text
+from ...diagnostics.plots import CELL_COLORS
+from ...apps.lm.model import LMConfig, RNNLanguageModel
+from ...data import WordTokenizer, train_tokenizer_from_text
+from . import corpus as household
 
 MODELS = ("elman", "lstm", "gru", "window")
 DEFAULT_BUCKETS = (4, 5, 10, 20, 30)  # 4 (the shortest distance), 5-9, 10-19, 20-29, 30-39
@@ -235,3 +239,22 @@ def measure(
         train_loss=sum(tail) / len(tail), parameters=sum(p.numel() for p in model.parameters()),
         seconds=time.perf_counter() - started, losses=losses,
     )
+
+
+def plot_memory(results: Sequence[MemoryResult], chance: float, window: int | None = None) -> Figure:
+    """Accuracy at the blank against the distance bucket, one line per model, chance dashed."""
+    fig = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = fig.subplots()
+    labels = results[0].buckets
+    x = np.arange(len(labels))
+    for r in results:
+        name = f"window (n = {window})" if r.model == "window" and window else r.model
+        ax.plot(x, 100 * np.array(r.accuracy, dtype=float), "o-", color=CELL_COLORS.get(r.model), lw=1.5, label=name)
+    ax.axhline(100 * chance, color="grey", lw=1.0, ls="--", label=f"chance ({100 * chance:.1f}%)")
+    ax.set_xticks(x, labels)
+    ax.set(xlabel="words between the cue and the blank", ylabel="accuracy at the blank (%)", ylim=(0, 103),
+           title="Memory over distance: 'I picked up the <object> ... and turned on the ___'")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="center right")
+    ax.grid(alpha=0.3)
+    return fig

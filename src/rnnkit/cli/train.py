@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_model, read_config, read_json, write_json
+from ..training.checkpoint import load_model, read_config, read_json, write_json
 from ..errors import RnnkitError
-from ..lm import LMConfig
-from ..text import Corpus, build_corpus, household, load_tokenizer
-from ..trainer import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, train
-
-PRESETS = Path(__file__).resolve().parent.parent / "presets"
+from ..apps.lm.model import LMConfig
+from ..apps.lm.presets import preset_path, presets
+from ..data import Corpus, build_corpus, load_tokenizer
+from ..demos.household import corpus as household
+from ..training.loop import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, train
 
 # flag -> (section, field); every flag defaults to None so that --config and the defaults show through
 FLAGS = {
@@ -83,21 +83,6 @@ def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], 
         if getattr(args, flag) is not None:
             sections["data"][flag] = getattr(args, flag)
     return sections["model"], sections["train"], sections["data"]
-
-
-def presets() -> list[str]:
-    """The names of the preset configs shipped with rnnkit (`--config NAME`)."""
-    return sorted(p.stem for p in PRESETS.glob("*.json"))
-
-
-def preset_path(config: Path) -> Path:
-    """`config` itself, or the shipped preset of that name when no such file exists."""
-    preset = PRESETS / f"{config}.json"
-    if not config.exists() and config.parent == Path(".") and preset.exists():
-        return preset
-    if not config.exists():
-        raise RnnkitError(f"--config {config}: no such file, nor a preset (presets: {', '.join(presets())})")
-    return config
 
 
 def default_data(out: Path, sentences: int = household.DEFAULT_SENTENCES) -> Path:

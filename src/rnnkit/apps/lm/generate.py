@@ -10,10 +10,10 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .cells import State
-from .errors import RnnkitError
-from .lm import RNNLanguageModel
-from .text import Tokenizer
+from ...nn.cells import State
+from ...errors import RnnkitError
+from .model import RNNLanguageModel
+from ...data import Tokenizer
 
 
 @dataclass(frozen=True)

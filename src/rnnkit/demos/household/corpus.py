@@ -38,8 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import RnnkitError
-from .files import atomic_write
+from ...errors import RnnkitError
+from ...data.files import atomic_write
 
 SEED_SENTENCE = "I picked up the remote controller on the couch and turned on the television"
 

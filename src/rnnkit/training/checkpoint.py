@@ -25,10 +25,10 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from .errors import RnnkitError
-from .lm import LMConfig, RNNLanguageModel
-from .text.files import atomic_write
-from .text.tokenizers import Tokenizer, load_tokenizer
+from ..errors import RnnkitError
+from ..apps.lm.model import LMConfig, RNNLanguageModel
+from ..data.files import atomic_write
+from ..data.tokenizers import Tokenizer, load_tokenizer
 
 FORMAT, VERSION = "rnnkit-model", 1
 CONFIG, TOKENIZER, WEIGHTS, METRICS, STATE_DIR = (

@@ -22,11 +22,11 @@ from typing import Any, ClassVar
 import torch
 
 from . import checkpoint as ckpt
-from .configs import JSONConfig
-from .errors import RnnkitError
-from .generate import line_end_id
-from .lm import LMConfig, RNNLanguageModel
-from .text import BPTTBatches, Corpus, detach_state
+from ..configs import JSONConfig
+from ..errors import RnnkitError
+from ..apps.lm.generate import line_end_id
+from ..apps.lm.model import LMConfig, RNNLanguageModel
+from ..data import BPTTBatches, Corpus, detach_state
 
 OPTIMIZERS = ("sgd", "asgd", "adamw")
 SCHEDULES = ("plateau", "cosine", "exponential", "none")

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .cells import State
-from .configs import JSONConfig
-from .recurrent import Recurrent
+from ...nn.cells import State
+from ...configs import JSONConfig
+from ...nn.recurrent import Recurrent
 
 
 @dataclass(frozen=True)

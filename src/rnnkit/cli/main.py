@@ -1,5 +1,4 @@
-"""The `rnnkit` command: parses arguments and calls the library. Each subcommand lives in
-`rnnkit.commands.<name>` with a `register(subparsers)` that adds its parser and sets `run`."""
+"""The `rnnkit` parser and entry point; each command lives in `rnnkit.cli.<name>`."""
 
 from __future__ import annotations
 
@@ -8,8 +7,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from . import __version__
-from .errors import RnnkitError
+from .._version import __version__
+from ..errors import RnnkitError
 
 # the subcommand modules, in the order `rnnkit --help` lists them
 COMMANDS: tuple[str, ...] = ("demo", "train", "use", "data", "memory", "gradients", "tasks")
@@ -30,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        importlib.import_module(f".commands.{name}", __package__).register(sub)
+        importlib.import_module(f".{name}", __package__).register(sub)
     return parser
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from tqdm import tqdm
 
 from ..errors import RnnkitError
-from ..text import datasets, household
+from ..data import datasets
+from ..demos.household import corpus as household
 
 
 def register(subparsers: Any) -> None:

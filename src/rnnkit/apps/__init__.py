@@ -1,0 +1,1 @@
+"""Applications of recurrent networks, each a package on the shared engine."""

@@ -1,0 +1,1 @@
+"""Recurrent language models: the model, its presets, and prediction and generation."""

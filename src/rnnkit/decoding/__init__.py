@@ -1,0 +1,1 @@
+"""Decoding over a step protocol: sampling and beam search."""
