@@ -33,7 +33,7 @@ from throughput import machine_info, write_markdown
 
 from rnnkit.cli import main as rnnkit
 from rnnkit.apps.lm.presets import preset_path
-from rnnkit.diagnostics import save_figure, write_json
+from rnnkit.io import save_figure, write_json
 from rnnkit.errors import RnnkitError
 from rnnkit.data.datasets import split_paths
 

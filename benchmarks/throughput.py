@@ -47,7 +47,7 @@ from torch.nn import functional as F
 
 from rnnkit import LMConfig, RNNLanguageModel, predict_next, sample
 from rnnkit.data import EOS, UNK, Corpus, WordTokenizer
-from rnnkit.data.files import atomic_write
+from rnnkit.io import atomic_write
 from rnnkit.training.loop import TrainConfig, train
 
 V = 10_000  # vocabulary of the Penn Treebank (Mikolov's version)

@@ -243,7 +243,7 @@ def test_open_refuses_what_does_not_match(tmp_path) -> None:
     other = train_tokenizer_from_text("word", ["other words\n"])
     with pytest.raises(RnnkitError, match="made with another tokenizer"):
         open_corpus(tmp_path / "data", other)
-    with pytest.raises(RnnkitError, match="no corpus in .*corpus.json is missing"):
+    with pytest.raises(RnnkitError, match="corpus description not found: .*corpus.json"):
         open_corpus(tmp_path / "elsewhere", corpus.tokenizer)
     with open(tmp_path / "data" / "valid.bin", "r+b") as f:
         f.truncate(3)

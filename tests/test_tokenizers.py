@@ -206,8 +206,8 @@ def doc(**fields) -> str:
     ("content", "message"),
     [
         (None, "tokenizer file not found"),
-        ("{not json", "not a readable tokenizer JSON"),
-        (b"\x80\x81", "not a readable tokenizer JSON"),
+        ("{not json", "tokenizer file is damaged"),
+        (b"\x80\x81", "tokenizer file is damaged"),
         ("[1, 2]", "not an rnnkit tokenizer"),
         (doc(version=2, kind="char", tokens=["<unk>"]), "version 2"),
         (doc(kind="pickle"), "unknown tokenizer kind 'pickle'"),

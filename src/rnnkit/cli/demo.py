@@ -19,12 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..training.checkpoint import load_model, read_json
+from ..io import read_json, save_figure, write_json
+from ..training.checkpoint import load_model
 from ..diagnostics import (
     attribute,
     plot_attribution,
-    save_figure,
-    write_json,
 )
 from ..demos.household.memory import MODELS, MemoryConfig
 from ..errors import RnnkitError

@@ -32,12 +32,10 @@ from ..diagnostics import (
     make_model,
     plot_gradient_flow,
     plot_iterated_tanh,
-    save_figure,
     train,
-    write_csv,
-    write_json,
 )
 from ..errors import RnnkitError
+from ..io import save_figure, write_csv, write_json
 from ..data import BPTTBatches, open_corpus
 from ..data.files import read_blocks, text_files, whole
 

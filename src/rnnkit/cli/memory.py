@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..diagnostics import save_figure, write_csv, write_json
+from ..io import save_figure, write_csv, write_json
 from ..demos.household.memory import DEFAULT_BUCKETS, MODELS, MemoryConfig, make_data, measure, plot_memory
 from ..errors import RnnkitError
 from .gradients import cell_list, output_dir

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..diagnostics import TASKS, TaskConfig, plot_task_curves, save_figure, train_task, write_csv, write_json
+from ..diagnostics import TASKS, TaskConfig, plot_task_curves, train_task
+from ..io import save_figure, write_csv, write_json
 from ..errors import RnnkitError
 from .gradients import at_least, cell_list, output_dir, torch_device
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..training.checkpoint import load_model, read_config, read_json, write_json
+from ..io import read_json, write_json
+from ..training.checkpoint import load_model, read_config
 from ..errors import RnnkitError
 from ..apps.lm.model import LMConfig
 from ..apps.lm.presets import preset_path, presets

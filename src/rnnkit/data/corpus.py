@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import RnnkitError
-from .files import Segment, atomic_write, read_blocks, split_point, text_files, whole
+from ..io import atomic_write, read_json, write_json
+from .files import Segment, read_blocks, split_point, text_files, whole
 from .tokenizers import Tokenizer, train_tokenizer_from_text
 
 SPLITS = ("train", "valid", "test")
@@ -157,9 +157,7 @@ def build_corpus(
         "splits": splits,
         "sources": sources,
     }
-    with atomic_write(out_dir / "corpus.json", "w") as f:
-        json.dump(meta, f, indent=1)
-        f.write("\n")
+    write_json(out_dir / "corpus.json", meta)
     return open_corpus(out_dir, tokenizer)
 
 
@@ -176,12 +174,7 @@ def _describe(segment: Segment) -> dict[str, Any]:
 
 def _read_meta(directory: Path) -> dict[str, Any]:
     path = directory / "corpus.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RnnkitError(f"no corpus in {directory} (corpus.json is missing)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RnnkitError(f"{path} is not a readable corpus description: {e}") from None
+    meta = read_json(path, "the corpus description")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise RnnkitError(f'{path} is not an rnnkit corpus description (expected "format": "{FORMAT}", v{VERSION})')
     return meta

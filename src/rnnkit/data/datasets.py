@@ -33,7 +33,7 @@ from pathlib import Path, PurePosixPath
 
 from .._version import __version__
 from ..errors import RnnkitError
-from .files import atomic_write
+from ..io import atomic_write
 
 # some hosts (wikitext.smerity.com) refuse urllib's default User-Agent
 USER_AGENT = f"rnnkit/{__version__} (Python urllib)"

@@ -1,4 +1,4 @@
-"""Reading text files in bounded memory, and writing files atomically.
+"""Reading text files in bounded memory.
 
 A source is a file or a folder of `.txt` files. Text is read as UTF-8 in blocks of about 1 MiB,
 each block cut at a line end (or, in a very long line, at a space), so that a tokenizer never sees
@@ -14,12 +14,10 @@ and the byte offset.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import NamedTuple
 
 from ..errors import RnnkitError
 
@@ -134,43 +132,3 @@ def _decode(data: bytes, path: Path, offset: int) -> str:
             f"{path} is not UTF-8 text: invalid byte 0x{data[e.start]:02x} at byte offset {offset + e.start}"
         ) from None
     return text.replace("\r\n", "\n")
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
-    """Open a temp file beside `path`; on success fsync it and rename it over `path`, so readers
-    see the old file or the new one, never half of one. On an error the temp file is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give what open() would
-        with open(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _fsync_dir(folder: Path) -> None:
-    # makes the rename itself durable; not every platform can open a folder
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -41,7 +41,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..errors import RnnkitError
-from .files import atomic_write, read_blocks, text_files, whole
+from ..io import read_json, write_json
+from .files import read_blocks, text_files, whole
 
 UNK, EOS = "<unk>", "<eos>"
 KINDS = ("char", "word", "bpe")
@@ -115,9 +116,7 @@ class Tokenizer(ABC):
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the JSON file atomically (temp file in the same folder, fsync, rename)."""
-        with atomic_write(path, "w") as f:
-            json.dump(self.to_json(), f, ensure_ascii=False, indent=1)
-            f.write("\n")
+        write_json(path, self.to_json())
 
     def fingerprint(self) -> str:
         """A hash of the vocabulary and rules: equal fingerprints encode alike."""
@@ -345,12 +344,7 @@ _CLASSES: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordToken
 def load_tokenizer(path: str | os.PathLike[str]) -> Tokenizer:
     """Read a tokenizer.json written by `Tokenizer.save`; RnnkitError if it is missing or not one."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RnnkitError(f"tokenizer file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RnnkitError(f"{path} is not a readable tokenizer JSON file: {e}") from None
+    data = read_json(path, "tokenizer file")
     try:
         return Tokenizer.from_json(data)
     except RnnkitError as e:

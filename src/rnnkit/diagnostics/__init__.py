@@ -4,12 +4,11 @@ tanh.py      iterated tanh and its derivative, the seed's intuition
 gradflow.py  ||dL/ds_t|| through time, step Jacobians, the spectrum of the Elman W
 tasks.py     the adding and copy-memory tasks, a small model and its training loop
 attribution.py  which prompt words drove a prediction (occlusion, gradient x input)
-plots.py     the figures;  io.py  atomic writes of PNG, JSON and CSV
+plots.py     the figures
 """
 
 from .attribution import Attribution, attribute
 from .gradflow import GradientFlow, gradient_flow, step_jacobians, vanishing_lag
-from .io import save_figure, write_csv, write_json
 from .plots import (
     plot_attribution,
     plot_gradient_flow,
@@ -54,11 +53,8 @@ __all__ = [
     "plot_gradient_flow",
     "plot_iterated_tanh",
     "plot_task_curves",
-    "save_figure",
     "step_jacobians",
     "train",
     "train_task",
     "vanishing_lag",
-    "write_csv",
-    "write_json",
 ]

@@ -14,55 +14,22 @@ or the new one, never half of one.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
 from ..errors import RnnkitError
 from ..apps.lm.model import LMConfig, RNNLanguageModel
-from ..data.files import atomic_write
+from ..io import read_json, read_tensors, write_json, write_tensors
 from ..data.tokenizers import Tokenizer, load_tokenizer
 
 FORMAT, VERSION = "rnnkit-model", 1
 CONFIG, TOKENIZER, WEIGHTS, METRICS, STATE_DIR = (
     "config.json", "tokenizer.json", "model.safetensors", "metrics.jsonl", "trainer_state",
 )
-
-
-def write_json(path: Path, data: Any) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-
-
-def read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RnnkitError(f"{what} is missing: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise RnnkitError(f"{what} is damaged ({path}): {e}") from None
-
-
-def write_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
-    with atomic_write(path) as f:
-        f.write(st_save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}))
-
-
-def read_tensors(path: Path, what: str) -> dict[str, Tensor]:
-    try:
-        return st_load(path.read_bytes())
-    except FileNotFoundError:
-        raise RnnkitError(f"{what} is missing: {path}") from None
-    except (OSError, SafetensorError, ValueError) as e:
-        raise RnnkitError(f"{what} is damaged ({path}): {e}") from None
 
 
 def model_tensors(model: nn.Module) -> dict[str, Tensor]:
@@ -117,14 +84,6 @@ def load_model(directory: str | os.PathLike[str], device: str | torch.device = "
     model = RNNLanguageModel(model_config)
     load_weights(model, directory / WEIGHTS)
     return model.to(device).eval(), tokenizer
-
-
-def append_metrics(directory: Path, record: dict[str, Any]) -> None:
-    # append-only; a crash can at worst cut the last line, which readers skip
-    with open(directory / METRICS, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def flatten_state(state: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:

@@ -24,6 +24,7 @@ import torch
 from . import checkpoint as ckpt
 from ..configs import JSONConfig
 from ..errors import RnnkitError
+from ..io import append_jsonl
 from ..apps.lm.generate import line_end_id
 from ..apps.lm.model import LMConfig, RNNLanguageModel
 from ..data import BPTTBatches, Corpus, detach_state
@@ -266,7 +267,7 @@ def train(
             "lr": optimizer.param_groups[0]["lr"], "elapsed_s": st["elapsed"], "best": improved,
         }
         st["history"].append(record)
-        ckpt.append_metrics(directory, record)
+        append_jsonl(directory / ckpt.METRICS, record)
         report("eval", record)
         return config.early_stop is not None and st["bad"] >= config.early_stop
 

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import RnnkitError
-from ...data.files import atomic_write
+from ...io import atomic_write
 
 SEED_SENTENCE = "I picked up the remote controller on the couch and turned on the television"
 
