@@ -16,7 +16,7 @@ Inference (on the CPU, each model in a fresh process): `predict_next` latency (m
 greedy), random weights.
 
     python benchmarks/throughput.py [--quick] [--device cpu|cuda|auto] [--cells lstm,gru,rnn]
-        [--shapes small,medium] [--parts train,inference] [--json] [--markdown docs/benchmarks.md]
+        [--shapes small,medium,char] [--parts train,inference] [--json] [--markdown docs/benchmarks.md]
 
 No data set is needed (the ids are random). `--device cuda` without a GPU prints why and exits 0.
 """
@@ -45,29 +45,37 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rnnkit import LMConfig, RNNLanguageModel, predict_next, sample
+from rnnkit import LMConfig, LMTrainConfig, RNNLanguageModel, predict_next, sample, train
 from rnnkit.data import EOS, UNK, Corpus, WordTokenizer
 from rnnkit.io import atomic_write
-from rnnkit.training.loop import TrainConfig, train
+from rnnkit.training.loop import DEFAULT_LR
 
 V = 10_000  # vocabulary of the Penn Treebank (Mikolov's version)
 SEED = 0
-LR, CLIP = 20.0, 0.25  # the trainer's defaults for SGD
-WARMUP = TrainConfig().log_every  # the trainer's first report comes after this many steps
+CLIP = 0.25  # the trainer's default
+WARMUP = LMTrainConfig().log_every  # the trainer's first report comes after this many steps
 TORCH_RNN = {"lstm": nn.LSTM, "gru": nn.GRU, "elman": nn.RNN}
 CELL_NAMES = {"lstm": "lstm", "gru": "gru", "rnn": "elman", "elman": "elman"}  # flag -> rnnkit cell
 
 
 @dataclass(frozen=True)
 class Shape:
-    hidden: int  # H = E
+    hidden: int  # H
     layers: int  # L
     batch: int  # B
     bptt: int  # T
+    embedding: int | None = None  # E; None: H
+    vocab: int = V
+    optimizer: str = "sgd"  # the trainer's default rate for it, in both loops
 
 
-# Zaremba et al. 2014, section 4.1: the small and medium PTB models (without their dropout)
-SHAPES = {"small": Shape(200, 2, 20, 20), "medium": Shape(650, 2, 20, 35)}
+# Zaremba et al. 2014, section 4.1: the small and medium PTB models (without their dropout); a
+# character model as people train one on a CPU (50 characters, as Mikolov's character-level PTB)
+SHAPES = {
+    "small": Shape(200, 2, 20, 20),
+    "medium": Shape(650, 2, 20, 35),
+    "char": Shape(512, 2, 64, 128, embedding=128, vocab=50, optimizer="adamw"),
+}
 QUICK_SHAPES = {"tiny": Shape(32, 2, 4, 8)}
 GPU_BATCH = 128  # on a GPU each shape also runs with this many streams
 
@@ -153,7 +161,7 @@ def make_corpus(directory: Path, case: Case, steps: int, tokenizer: WordTokenize
     splits = {}
     for name, n in sizes.items():
         path = directory / f"{name}.bin"
-        rng.integers(0, V, n).astype("<u2").tofile(path)
+        rng.integers(0, case.shape.vocab, n).astype("<u2").tofile(path)
         splits[name] = np.memmap(path, dtype="<u2", mode="r", shape=(n,))
     return Corpus(tokenizer=tokenizer, directory=directory, **splits)
 
@@ -169,10 +177,12 @@ def run_rnnkit(case: Case, corpus: Corpus, directory: Path, steps: int, span: Sp
         elif event == "step" and info["step"] == WARMUP + steps:
             span.stop()
 
-    model_config = LMConfig(vocab_size=V, cell=case.cell, hidden_size=case.shape.hidden, num_layers=case.shape.layers)
-    config = TrainConfig(
-        epochs=1, batch_size=B, bptt=T, lr=LR, clip=CLIP, checkpoint_every=None, seed=SEED, device=case.device,
-        bf16=case.bf16,
+    shape = case.shape
+    model_config = LMConfig(vocab_size=shape.vocab, cell=case.cell, hidden_size=shape.hidden,
+                            embedding_size=shape.embedding, num_layers=shape.layers)
+    config = LMTrainConfig(
+        epochs=1, batch_size=B, bptt=T, optimizer=shape.optimizer, lr=DEFAULT_LR[shape.optimizer], clip=CLIP,
+        checkpoint_every=None, seed=SEED, device=case.device, bf16=case.bf16,
     )
     summary = train(directory, corpus, model_config, config, callback=on_event)
     if summary["steps"] != WARMUP + steps or span.seconds is None:
@@ -184,10 +194,10 @@ class PlainLM(nn.Module):
 
     def __init__(self, cell: str, shape: Shape) -> None:
         super().__init__()
-        H = shape.hidden
-        self.embedding = nn.Embedding(V, H)
-        self.rnn = TORCH_RNN[cell](H, H, shape.layers)
-        self.head = nn.Linear(H, V)
+        H, E = shape.hidden, shape.embedding or shape.hidden
+        self.embedding = nn.Embedding(shape.vocab, E)
+        self.rnn = TORCH_RNN[cell](E, H, shape.layers)
+        self.head = nn.Linear(H, shape.vocab)
 
     def forward(self, ids: Tensor, state: Any) -> tuple[Tensor, Any]:
         hidden, state = self.rnn(self.embedding(ids), state)  # (T, B, H)
@@ -201,7 +211,9 @@ def run_plain(case: Case, ids: np.ndarray, warmup: int, steps: int, span: Span) 
     data = torch.from_numpy(ids.astype(np.int64)).view(B, -1).t().contiguous().to(device)  # (N / B, B)
     torch.manual_seed(SEED)
     model = PlainLM(case.cell, case.shape).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    lr = DEFAULT_LR[case.shape.optimizer]
+    optimizer = (torch.optim.SGD(model.parameters(), lr=lr) if case.shape.optimizer == "sgd"
+                 else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=case.device == "cuda" and case.bf16)
     h = torch.zeros(L, B, H, device=device)
     state: Any = (h, h.clone()) if case.cell == "lstm" else h
@@ -220,8 +232,8 @@ def run_plain(case: Case, ids: np.ndarray, warmup: int, steps: int, span: Span) 
     span.stop()
 
 
-def _tokenizer() -> WordTokenizer:
-    return WordTokenizer([UNK, EOS, *(f"w{i}" for i in range(V - 2))])
+def _tokenizer(vocab: int) -> WordTokenizer:
+    return WordTokenizer([UNK, EOS, *(f"w{i}" for i in range(vocab - 2))])
 
 
 def measure_memory(loop: str, case: Case, steps: int) -> dict[str, Any]:
@@ -229,7 +241,7 @@ def measure_memory(loop: str, case: Case, steps: int) -> dict[str, Any]:
     its memory peaks."""
     span = Span("cpu", rss=True)
     with tempfile.TemporaryDirectory(prefix="rnnkit-throughput-") as tmp:
-        corpus = make_corpus(Path(tmp), case, WARMUP + steps, _tokenizer())
+        corpus = make_corpus(Path(tmp), case, WARMUP + steps, _tokenizer(case.shape.vocab))
         if loop == "rnnkit":
             run_rnnkit(case, corpus, Path(tmp) / "model", steps, span)
         else:
@@ -259,14 +271,14 @@ def _steps_for(case: Case, seconds: float) -> int:
     """Timed steps per round: about `seconds` of the plain loop, in whole reporting groups."""
     probe = Span(case.device)
     rng = np.random.default_rng(SEED)
-    run_plain(case, rng.integers(0, V, case.shape.batch * (5 * case.shape.bptt + 1)), 2, 3, probe)
+    run_plain(case, rng.integers(0, case.shape.vocab, case.shape.batch * (5 * case.shape.bptt + 1)), 2, 3, probe)
     assert probe.seconds is not None
     groups = math.ceil(seconds / (probe.seconds / 3) / WARMUP)
     return WARMUP * min(max(groups, 1), 100)
 
 
 def bench_training(case: Case, rounds: int, steps: int, memory_steps: int) -> dict[str, Any]:
-    tokenizer = _tokenizer()
+    tokenizer = _tokenizer(case.shape.vocab)
     seconds: dict[str, list[float]] = {"rnnkit": [], "plain": []}
     memory: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="rnnkit-throughput-") as tmp:
@@ -291,7 +303,7 @@ def bench_training(case: Case, rounds: int, steps: int, memory_steps: int) -> di
         }
     tokens = steps * case.tokens_per_step
     result: dict[str, Any] = {
-        "cell": case.cell, "shape": case.name, **asdict(case.shape), "vocab": V, "device": case.device,
+        "cell": case.cell, "shape": case.name, **asdict(case.shape), "device": case.device,
         "bf16": case.device == "cuda" and case.bf16, "rounds": rounds, "steps": steps, "warmup_steps": WARMUP,
     }
     for loop, values in seconds.items():
@@ -312,10 +324,11 @@ def bench_inference(cell: str, name: str, shape: Shape, calls: int, length: int,
     depends on what the process allocated before (glibc returns large freed blocks to the kernel
     until a larger one has been freed, and then the next call faults fresh pages in again)."""
     torch.manual_seed(SEED)
-    config = LMConfig(vocab_size=V, cell=cell, hidden_size=shape.hidden, num_layers=shape.layers)
+    config = LMConfig(vocab_size=shape.vocab, cell=cell, hidden_size=shape.hidden, embedding_size=shape.embedding,
+                      num_layers=shape.layers)
     model = RNNLanguageModel(config).eval()
-    tokenizer = _tokenizer()
-    prompt = " ".join(random.Random(SEED).choices([f"w{i}" for i in range(V - 2)], k=20))
+    tokenizer = _tokenizer(shape.vocab)
+    prompt = " ".join(random.Random(SEED).choices([f"w{i}" for i in range(shape.vocab - 2)], k=20))
     for _ in range(max(calls // 10, 2)):
         predict_next(model, tokenizer, prompt, top_k=5)
     latencies = []
@@ -324,7 +337,7 @@ def bench_inference(cell: str, name: str, shape: Shape, calls: int, length: int,
         predict_next(model, tokenizer, prompt, top_k=5)
         latencies.append(1000 * (time.perf_counter() - start))
     result: dict[str, Any] = {
-        "cell": cell, "model": name, **asdict(shape), "vocab": V, "prompt_words": 20, "calls": calls,
+        "cell": cell, "model": name, **asdict(shape), "prompt_words": 20, "calls": calls,
         "predict_median_ms": statistics.median(latencies),
         "predict_p95_ms": statistics.quantiles(latencies, n=20, method="inclusive")[18],
         "generated_tokens": length, "repeats": repeats,
@@ -398,7 +411,7 @@ def markdown_section(report: dict[str, Any]) -> str:
         where = f"{m['gpu']} (host: {where})"
     measured = (
         f"`python benchmarks/throughput.py {report['settings']['command']}`, measured {m['date']} on {where}; "
-        f"PyTorch {m['torch']} ({build}), {m['torch_threads']} threads; vocabulary {V}, random token ids."
+        f"PyTorch {m['torch']} ({build}), {m['torch_threads']} threads; random token ids."
     )
     lines = [f"## Throughput and latency: {'GPU' if device == 'cuda' else 'CPU'}", "", measured]
     if report["training"]:
@@ -411,14 +424,15 @@ def markdown_section(report: dict[str, Any]) -> str:
                " Peak memory: the resident set of a fresh process over the timed steps.")
         )
         header = (
-            "| cell | shape | B | T | H x L | rounds x steps | rnnkit (tok/s) | plain (tok/s) | rnnkit / plain "
+            "| cell | shape | B | T | E, H x L | V | optimizer | rounds x steps | rnnkit (tok/s) | plain (tok/s) | rnnkit / plain "
             f"| rnnkit {peak} (MiB) | plain {peak} (MiB) |"
         )
-        lines += ["", about, "", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", about, "", header, "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in report["training"]:
             key, mem = _memory_key(r), [r[f"{loop}_memory"] for loop in ("rnnkit", "plain")]
             lines.append(
-                f"| {r['cell']} | {r['shape']} | {r['batch']} | {r['bptt']} | {r['hidden']} x {r['layers']} "
+                f"| {r['cell']} | {r['shape']} | {r['batch']} | {r['bptt']} | {r['embedding'] or r['hidden']}, "
+                f"{r['hidden']} x {r['layers']} | {r['vocab']} | {r['optimizer']} "
                 f"| {r['rounds']} x {r['steps']} | {r['rnnkit_tokens_per_s']:.0f} | {r['plain_tokens_per_s']:.0f} "
                 f"| {r['rnnkit_over_plain']:.3f} | {mem[0][key]:.0f} | {mem[1][key]:.0f} |"
             )
@@ -464,7 +478,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few steps and calls: a few seconds (for CI)")
     parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto", help="where to train (inference: CPU)")
     parser.add_argument("--cells", default="lstm", help="comma-separated: lstm, gru, rnn (default lstm)")
-    parser.add_argument("--shapes", default="small,medium", help="comma-separated: small, medium (on a GPU also B=128)")
+    parser.add_argument("--shapes", default="small,medium,char",
+                        help="comma-separated: small, medium, char (on a GPU also B=128)")
     parser.add_argument("--parts", default="train,inference", help="comma-separated: train, inference")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 5, 2 with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: about --seconds)")
@@ -522,7 +537,7 @@ def main() -> None:
     command = " ".join(sys.argv[1:])
     report = {
         "machine": machine,
-        "settings": {"device": device, "command": command, "quick": args.quick, "rounds": rounds, "vocab": V},
+        "settings": {"device": device, "command": command, "quick": args.quick, "rounds": rounds},
         "training": training,
         "inference": inference,
     }

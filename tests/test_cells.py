@@ -86,7 +86,7 @@ def test_registry_and_init_state(name):
 
 
 def test_cell_bad_input():
-    with pytest.raises(ValueError, match="unknown cell 'rnn'"):
+    with pytest.raises(ValueError, match="cell 'rnn' is unknown"):
         make_cell("rnn", E, H)
     with pytest.raises(ValueError, match="unknown nonlinearity 'sigmoid'"):
         ElmanCell(E, H, nonlinearity="sigmoid")

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from rnnkit import LMConfig, RNNLanguageModel
-from rnnkit.cli import demo
 from rnnkit.demos.household.memory import MemoryConfig, WindowLM, make_data, measure
 from rnnkit.diagnostics import attribute
+from rnnkit.errors import RnnkitError
+from rnnkit.demos.household import demo
 from rnnkit.demos.household.memory import blank_correct, make_model, train_model
 from rnnkit.demos.household import corpus as household
-from rnnkit.training.loop import TrainConfig
+from rnnkit.apps.lm import LMTrainConfig
 
 
 def test_window_model_sees_exactly_the_last_n_tokens():
@@ -135,11 +136,14 @@ def test_occlusion_and_gradient_x_input_follow_their_definitions():
 def test_attribution_rejects_unknown_targets_and_empty_prompts():
     tok = make_data(MemoryConfig(train_sentences=30, test_sentences=1)).tokenizer
     model = RNNLanguageModel(LMConfig(tok.vocab_size, hidden_size=8, num_layers=1))
-    with pytest.raises(Exception, match="not in the word vocabulary"):
+    with pytest.raises(ValueError, match="training mode"):  # using a model never switches its mode
+        attribute(model, tok, "I took the", "kettle")
+    model.eval()
+    with pytest.raises(RnnkitError, match="not in the word vocabulary"):
         attribute(model, tok, "I took the", "spaceship")
-    with pytest.raises(Exception, match="not among the candidates"):
+    with pytest.raises(RnnkitError, match="not among the candidates"):
         attribute(model, tok, "I took the", "kettle", ["toaster", "oven"])
-    with pytest.raises(Exception, match="prompt is empty"):
+    with pytest.raises(RnnkitError, match="prompt is empty"):
         attribute(model, tok, "", "kettle")
 
 
@@ -197,7 +201,7 @@ def test_memory_command_bad_settings_fail_in_one_line(cli, tmp_path, capsys, arg
 def tiny_demo(monkeypatch):
     """The demo at a size that runs in seconds."""
     monkeypatch.setattr(demo, "MODEL", {"cell": "lstm", "hidden_size": 16, "num_layers": 1})
-    monkeypatch.setattr(demo, "TRAINING", TrainConfig(optimizer="adamw", lr=3e-3, epochs=1, checkpoint_every=None))
+    monkeypatch.setattr(demo, "TRAINING", LMTrainConfig(optimizer="adamw", lr=3e-3, epochs=1, checkpoint_every=None))
     monkeypatch.setattr(demo, "MEMORY", MemoryConfig(train_sentences=60, test_sentences=50, steps=5, hidden_size=8))
     monkeypatch.setattr(demo, "SENTENCES", 600)
 

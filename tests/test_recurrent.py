@@ -219,7 +219,7 @@ def test_bad_input(call, error, message):
 
 
 def test_bad_configuration():
-    with pytest.raises(ValueError, match="unknown cell 'transformer'"):
+    with pytest.raises(ValueError, match="cell 'transformer' is unknown"):
         Recurrent("transformer", 4, 5)
     with pytest.raises(ValueError, match="unknown backend 'cudnn'"):
         Recurrent("gru", 4, 5, backend="cudnn")

@@ -15,9 +15,9 @@ from rnnkit.diagnostics import (
     adding_problem,
     copy_baseline,
     copy_memory,
-    evaluate,
+    evaluate_task,
     held_out,
-    make_model,
+    make_task_model,
     train_task,
 )
 
@@ -120,8 +120,8 @@ def test_held_out_is_the_same_for_every_cell():
     x1, y1 = held_out(TASKS["adding"], 10, config)
     x2, y2 = held_out(TASKS["adding"], 10, config)
     assert torch.equal(x1, x2) and torch.equal(y1, y2)
-    model = make_model(TASKS["adding"], "lstm", config)
-    loss, accuracy = evaluate(model, TASKS["adding"], x1, y1)
+    model = make_task_model(TASKS["adding"], "lstm", config)
+    loss, accuracy = evaluate_task(model, TASKS["adding"], x1, y1)
     assert accuracy is None and loss > 0
 
 

@@ -13,12 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rnnkit.training.checkpoint import load_model
+from rnnkit.training import load_model
 from rnnkit.cli import main
-from rnnkit.apps.lm.generate import beam_search, predict_next, sample
-from rnnkit.apps.lm.model import LMConfig
+from rnnkit.apps.lm import LMConfig, LMTrainConfig, beam_search, predict_next, sample, train
 from rnnkit.data import build_corpus
-from rnnkit.training.loop import TrainConfig, train
 
 from helpers import ANIMALS, animal_corpus
 
@@ -31,7 +29,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     text = animal_corpus(root / "animals.txt", 1500)
     corpus = build_corpus(text, out_dir=root / "model" / "data", tokenizer="word")
-    config = TrainConfig(epochs=6, batch_size=8, bptt=12, optimizer="adamw", lr=0.01, checkpoint_every=None)
+    config = LMTrainConfig(epochs=6, batch_size=8, bptt=12, optimizer="adamw", lr=0.01, checkpoint_every=None)
     model_config = LMConfig(vocab_size=corpus.tokenizer.vocab_size, hidden_size=48, num_layers=1)
     summary = train(root / "model", corpus, model_config, config)
     return root, corpus, summary
@@ -207,7 +205,7 @@ def test_ctrl_c_saves_and_resume_finishes(tmp_path):
 
 def test_exponential_schedule_keeps_the_rate_then_decays_it_every_epoch(tmp_path, corpus_file):
     corpus = build_corpus(corpus_file, out_dir=tmp_path / "m" / "data", tokenizer="word")
-    config = TrainConfig(epochs=5, batch_size=8, bptt=12, lr=2.0, schedule="exponential", decay_start=2,
+    config = LMTrainConfig(epochs=5, batch_size=8, bptt=12, lr=2.0, schedule="exponential", decay_start=2,
                          lr_decay=0.5, checkpoint_every=None)
     summary = train(tmp_path / "m", corpus, LMConfig(corpus.tokenizer.vocab_size, hidden_size=8, num_layers=1), config)
     # epoch j trains with 2 * 0.5 ** max(0, j + 1 - 2); the rate recorded after epoch i is epoch i + 1's

@@ -2,17 +2,25 @@
 
 Shape legend used throughout: B batch, T time, E input features, H hidden units, V vocabulary,
 L layers, D directions (1 or 2).
+
+The layers, each importing only those above it in this list:
+
+    errors, configs, io     exceptions, JSON configs, atomic files
+    nn                      cells (an open registry) and Recurrent, the layer that unrolls them
+    data                    text files, tokenizers, memmap corpora, BPTT batches, downloads
+    training                one loop for every task, callbacks, the model directory (by kind)
+    decoding                sampling and beam search over a step protocol
+    apps                    lm/ (the language model) and the applications to come
+    diagnostics, demos      gradient flow, memory tasks, attribution; the household world
+    cli                     the `rnnkit` command
 """
 
-from .apps.lm.generate import beam_search, predict_next, sample
-from .apps.lm.model import LMConfig, RNNLanguageModel
-from .data import build_corpus
-from .nn.cells import CELLS, Cell, ElmanCell, GRUCell, LSTMCell, make_cell
-from .nn.recurrent import Recurrent, Trace
-from .training.checkpoint import load_model
-from .training.loop import TrainConfig, evaluate, train
-
 from ._version import __version__
+from .apps.lm import LMConfig, LMTrainConfig, RNNLanguageModel, beam_search, evaluate, predict_next, sample, train
+from .data import build_corpus
+from .nn.cells import CELLS, Cell, ElmanCell, GRUCell, LSTMCell, make_cell, register_cell
+from .nn.recurrent import Recurrent, Trace
+from .training import TrainConfig, fit, load_model
 
 __all__ = [
     "CELLS",
@@ -20,6 +28,7 @@ __all__ = [
     "ElmanCell",
     "GRUCell",
     "LMConfig",
+    "LMTrainConfig",
     "LSTMCell",
     "RNNLanguageModel",
     "Recurrent",
@@ -29,9 +38,11 @@ __all__ = [
     "beam_search",
     "build_corpus",
     "evaluate",
+    "fit",
     "load_model",
     "make_cell",
     "predict_next",
+    "register_cell",
     "sample",
     "train",
 ]

@@ -1,9 +1,18 @@
-"""Frozen dataclass configs that travel as JSON (config.json, --config files)."""
+"""Frozen dataclass configs that travel as JSON (config.json, --config files), checked when built.
+
+A config checks its fields in `__post_init__` with `FieldChecks`, so that a bad value, from Python,
+a --config file or a config.json read back, is a `ParameterError` naming the field, never a
+crash deeper down.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Sequence
 from typing import Any, ClassVar, TypeVar
+
+from .errors import ParameterError
 
 C = TypeVar("C", bound="JSONConfig")
 
@@ -18,7 +27,57 @@ class JSONConfig:
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})  # type: ignore[arg-type]
+        if not isinstance(data, dict):
+            raise ParameterError(cls.what, f"must be a JSON object, got {type(data).__name__}")
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        unknown = sorted(set(data) - {f.name for f in fields})
         if unknown:
-            raise ValueError(f"unknown {cls.what} field(s): {', '.join(unknown)}")
+            raise ParameterError(unknown[0], f"is not a {cls.what} field (unknown: {', '.join(unknown)})")
+        required = dataclasses.MISSING
+        missing = [f.name for f in fields if f.init and f.name not in data
+                   and f.default is required and f.default_factory is required]
+        if missing:
+            raise ParameterError(missing[0], f"is missing from the {cls.what}")
         return cls(**data)
+
+
+class FieldChecks:
+    """Type and range checks of a config's fields, each failure a ParameterError naming the field."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def _get(self, name: str) -> Any:
+        return getattr(self.config, name)
+
+    def integer(self, name: str, minimum: int | None = None, optional: bool = False) -> None:
+        value = self._get(name)
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
+            at_least = "" if minimum is None else f" >= {minimum}"
+            raise ParameterError(name, f"must be an integer{at_least}, got {value!r}")
+
+    def number(self, name: str, positive: bool = False, optional: bool = False) -> None:
+        value = self._get(name)
+        if optional and value is None:
+            return
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < 0 or (positive and value == 0):
+            raise ParameterError(name, f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+    def fraction(self, name: str, optional: bool = False) -> None:
+        """A probability of dropping: in [0, 1)."""
+        value = self._get(name)
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ParameterError(name, f"must be a number in [0, 1), got {value!r}")
+
+    def choice(self, name: str, choices: Sequence[str]) -> None:
+        if self._get(name) not in choices:
+            raise ParameterError(name, f"must be one of {', '.join(choices)}, got {self._get(name)!r}")
+
+    def boolean(self, name: str) -> None:
+        if not isinstance(self._get(name), bool):
+            raise ParameterError(name, f"must be true or false, got {self._get(name)!r}")

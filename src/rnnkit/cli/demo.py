@@ -13,38 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from ..io import read_json, save_figure, write_json
-from ..training.checkpoint import load_model
-from ..diagnostics import (
-    attribute,
-    plot_attribution,
-)
-from ..demos.household.memory import MODELS, MemoryConfig
-from ..errors import RnnkitError
-from ..apps.lm.generate import Prediction, next_log_probs, predict_next
-from ..apps.lm.model import LMConfig, RNNLanguageModel
-from ..data import Tokenizer, build_corpus
-from ..demos.household import corpus as household
-from ..training.loop import TrainConfig, train
-from .gradients import output_dir
-from .memory import format_table, run_memory
-from .train import Progress, default_data, finish
-
-SHORT_PROMPT = "turned on the"
-# sentences for "turned on the" alone, from another seed than the training corpus's (0): held out
-ALONE_SENTENCES, ALONE_SEED = 400, 7919
-SENTENCES = household.DEFAULT_SENTENCES  # of the household corpus the model is trained on
-# the demo's language model: about half a minute of training on 2 CPU cores, 10 epochs
-MODEL = {"cell": "lstm", "hidden_size": 128, "num_layers": 1}
-TRAINING = TrainConfig(optimizer="adamw", lr=3e-3, epochs=10, max_minutes=2.0)
-# memory over distance at a smaller size than `rnnkit memory`'s default, to fit the demo's budget
-MEMORY = MemoryConfig(max_distance=24, buckets=(4, 5, 10, 20), test_sentences=600, steps=2500)
+from ..demos.household import demo
+from ..training import ProgressBar
+from .common import output_dir
+from .memory import StepBars
 
 
 def register(subparsers: Any) -> None:
@@ -61,137 +36,18 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = output_dir(args.out)
-    quiet = args.json
-    model_dir = _trained_model(out, retrain=args.retrain, quiet=quiet)
-    if model_dir is None:
+    progress = None if args.json else ProgressBar()
+    with StepBars(quiet=args.json, total=demo.MEMORY.steps * len(demo.MODELS)) as bars:
+        try:
+            result = demo.run_demo(out, retrain=args.retrain, callback=progress, memory_progress=bars)
+        finally:
+            if progress is not None:
+                progress.close()
+    if result is None:
         where = "the model in place is unchanged" if args.retrain else (
             f"the training so far is saved in {out / 'model'}, run `rnnkit demo` again to continue it")
         print(f"rnnkit: interrupted; {where}", file=sys.stderr)
         return 130
-    model, tokenizer = load_model(model_dir)
-    prompts = {"sentence": household.SEED_SENTENCE.rsplit(" ", 1)[0], "alone": SHORT_PROMPT}
-    alone, sentences = _alone(model, tokenizer)
-    top = {"sentence": predict_next(model, tokenizer, prompts["sentence"], top_k=5)[0], "alone": alone}
-
-    devices = list(household.DEVICE_WORDS)
-    said = top["sentence"][0].token
-    attribution = attribute(model, tokenizer, prompts["sentence"], said, devices if said in devices else None)
-    save_figure(out / "attribution.png", plot_attribution(attribution), dpi=100)
-
-    memory = _memory(out / "memory", retrain=args.retrain, quiet=quiet)
-    report = {
-        "model": str(model_dir),
-        "prompts": prompts,
-        "alone_sentences": sentences,
-        "top5": {name: [{"token": p.token, "prob": p.prob} for p in preds] for name, preds in top.items()},
-        "attribution": {**attribution.to_dict(), "candidates": devices if said in devices else None},
-        "memory": {k: memory[k] for k in ("chance", "test_sentences", "buckets")}
-        | {"accuracy": {r["model"]: r["accuracy"] for r in memory["results"]}, "window": memory["config"]["window"]},
-        "files": {"attribution": str(out / "attribution.png"), "memory": memory["files"]["png"],
-                  "json": str(out / "demo.json")},
-    }
-    write_json(out / "demo.json", report)
-    if args.json:
-        print(json.dumps(report))
-        return 0
-    print(_format(report, memory))
+    report, memory = result
+    print(json.dumps(report) if args.json else demo.format_report(report, memory))
     return 0
-
-
-def _alone(model: RNNLanguageModel, tokenizer: Tokenizer, top_k: int = 5) -> tuple[list[Prediction], int]:
-    """The top next words after "... turned on the" with the words before it unknown: the model's
-    p(next | sentence) averaged over held-out household sentences that end so (a Monte Carlo
-    estimate of p(next | "turned on the")). Read literally, "turned on the" at the start of a line
-    is a context the model never saw, and its answer there says nothing. Also returns the number
-    of sentences averaged over."""
-    samples = household.generate(ALONE_SENTENCES, seed=ALONE_SEED)
-    prompts = [s.prompt for s in samples if s.prompt.endswith(" " + SHORT_PROMPT)]
-    probs = next_log_probs(model, tokenizer, prompts).exp().mean(0)  # (V,)
-    values, indices = probs.topk(top_k)
-    return [Prediction(tokenizer.token(int(i)), float(v)) for v, i in zip(values, indices)], len(prompts)
-
-
-def _trained_model(out: Path, retrain: bool, quiet: bool) -> Path | None:
-    """The demo's model directory: cached when a finished run is there (results.json), resumed
-    when an interrupted one is, trained otherwise. With `retrain`, a new model is trained beside
-    the old one, which is replaced only when the new one is finished. None if interrupted."""
-    model_dir, old = out / "model", out / "model.old"
-    if old.exists() and not model_dir.exists():  # a --retrain stopped between its two renames
-        old.rename(model_dir)
-    if (model_dir / "results.json").exists() and not retrain:
-        return model_dir
-    target = out / "model.new" if retrain else model_dir
-    if retrain and target.exists():
-        shutil.rmtree(target)
-    resume = (target / "config.json").exists()
-    corpus = build_corpus(default_data(target, SENTENCES), out_dir=target / "data", tokenizer="word")
-    model_config = LMConfig.from_dict({**MODEL, "vocab_size": corpus.tokenizer.vocab_size})
-    progress = Progress(quiet=quiet)
-    try:
-        summary = train(target, corpus, model_config, TRAINING, resume=resume, callback=progress)
-    except RnnkitError as error:
-        if not resume:
-            raise
-        raise RnnkitError(f"{error} (run `rnnkit demo --retrain` to start the demo's model afresh)") from None
-    finally:
-        progress.close()
-    if summary["stopped"] == "interrupted":
-        return None
-    finish(target, corpus, TRAINING, summary)
-    if retrain:
-        shutil.rmtree(old, ignore_errors=True)
-        if model_dir.exists():
-            model_dir.rename(old)
-        target.rename(model_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    return model_dir
-
-
-def _memory(out: Path, retrain: bool, quiet: bool) -> dict[str, Any]:
-    """The memory-over-distance report, from out/memory.json when it was made with the demo's
-    settings, else measured again."""
-    cached = out / "memory.json"
-    if cached.exists() and not retrain:
-        try:
-            report = read_json(cached, "the cached memory results")
-        except RnnkitError:  # damaged: measure again
-            report = None
-        if isinstance(report, dict) and report.get("config") == json.loads(json.dumps(asdict(MEMORY))):
-            return report
-    return run_memory(MEMORY, list(MODELS), output_dir(str(out)), quiet=quiet)
-
-
-def _format(report: dict[str, Any], memory: dict[str, Any]) -> str:
-    """The demo's report as text: predictions side by side, attribution bars, the memory table."""
-    left, right = report["top5"]["sentence"], report["top5"]["alone"]
-    width = 38
-    lines = [
-        f'The model reads "{report["prompts"]["sentence"]} ..."',
-        "",
-        f"{'after the whole sentence':<{width}}after \"{report['prompts']['alone']}\" alone (the words before it",
-        f"{'':<{width}}unknown: mean over {report['alone_sentences']} held-out sentences)",
-    ]
-    # a device's first word stands for the device: "lawn (mower)"
-    names = {d.split()[0]: f"{d.split()[0]} ({' '.join(d.split()[1:])})" for d in household.DEVICES if " " in d}
-    for i, (a, b) in enumerate(zip(left, right), 1):
-        first = f"{i}. {names.get(a['token'], a['token']):<18}{a['prob']:>7.1%}"
-        lines.append(f"{first:<{width}}{i}. {names.get(b['token'], b['token']):<18}{b['prob']:>7.1%}")
-
-    a = report["attribution"]
-    over = f"among the {len(a['candidates'])} devices" if a["candidates"] else "over the vocabulary"
-    lines += [
-        "",
-        f"Which words made it say \"{a['target']}\" (p {over}: {a['prob']:.1%}):",
-        "  occlusion: log-odds of it lost when the word is swapped for the words the model expected there;",
-        "  gradient x input: the same, to first order, when the word's embedding is zeroed",
-        f"{'word':<12}{'occlusion':>10}{'grad x input':>14}",
-    ]
-    scale = max(max(abs(v) for v in a["occlusion"]), 1e-9)
-    for token, occ, gxi in zip(a["tokens"], a["occlusion"], a["gradient_x_input"]):
-        bar = "#" * round(24 * max(occ, 0.0) / scale)
-        lines.append(f"{token:<12}{occ:>10.2f}{gxi:>14.2f}   {bar}".rstrip())
-
-    lines += ["", "Memory over distance:", format_table(memory), "",
-              f"files: {report['files']['attribution']}, {report['files']['memory']}, {report['files']['json']}",
-              f"model: {report['model']} (try: rnnkit predict {report['model']} \"I grabbed the tea bag and turned on the\")"]
-    return "\n".join(lines)

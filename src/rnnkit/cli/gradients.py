@@ -10,34 +10,31 @@ below 1e-3 of its value at the last step.
 from __future__ import annotations
 
 import argparse
-import copy
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from ..nn.cells import CELLS
-from ..training.checkpoint import load_model, read_config
+from ..apps.lm import RNNLanguageModel
+from ..data import open_corpus
+from ..data.files import read_blocks, text_files, whole
 from ..diagnostics import (
     TASKS,
     GradientFlow,
     TaskConfig,
-    TaskModel,
-    gradient_flow,
-    held_out,
+    adding_flow,
+    fit_task,
     iterated_tanh,
-    make_model,
+    language_model_flow,
+    make_task_model,
     plot_gradient_flow,
     plot_iterated_tanh,
-    train,
 )
 from ..errors import RnnkitError
 from ..io import save_figure, write_csv, write_json
-from ..data import BPTTBatches, open_corpus
-from ..data.files import read_blocks, text_files, whole
+from ..training import load_model, read_config
+from .common import at_least, flag_values, name_list, output_dir, torch_device
 
 RATIO = 1e-3  # "vanished": below this fraction of the gradient at lag 0
 TEST_SIZE = 256  # held-out adding-problem sequences for the MSE; the first --batch are measured
@@ -75,7 +72,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cells = cell_list(args.cells)
+    cells = name_list(args.cells)
     for name in ("hidden", "layers", "batch", "tanh_depth", "train_batch"):
         at_least(name, getattr(args, name), 1)
     at_least("steps", args.steps, 2)
@@ -106,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
     flows: dict[str, dict[str, GradientFlow]] = {}
     mse: dict[str, dict[str, float]] = {}
     for cell in [] if args.model is not None else cells:
-        model = make_model(task, cell, config).to(device)
-        flows[cell] = {"init": _measure(model, T, config, args.batch, args.jacobian_batch)}
+        model = make_task_model(task, cell, config).to(device)
+        flows[cell] = {"init": adding_flow(model, T, config, args.batch, args.jacobian_batch)}
         if args.train_steps:
-            result = train(model, task, T, config)
-            flows[cell]["trained"] = _measure(model, T, config, args.batch, args.jacobian_batch)
+            result = fit_task(model, task, T, config)
+            flows[cell]["trained"] = adding_flow(model, T, config, args.batch, args.jacobian_batch)
             mse[cell] = {"init": result.test_loss[0], "trained": result.final_loss}
             print(f"{cell}: trained {args.train_steps} steps on the adding problem (T = {T}): "
                   f"MSE {result.test_loss[0]:.4f} -> {result.final_loss:.4f} "
@@ -118,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model is not None:
         flows[_model_name(args.model)] = {"trained": _model_flow(args, device)}
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "run"}
+    settings = flag_values(args)
     write_json(out / "gradient_flow.json", {
         "settings": settings,
         "loss": "MSE of the adding problem at the last step, float64",
@@ -153,75 +150,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _measure(model: TaskModel, T: int, config: TaskConfig, batch: int, jacobian_batch: int) -> GradientFlow:
-    """Gradient flow of the adding-problem loss on the first `batch` held-out sequences, on a
-    float64 copy of the model so that tiny norms survive."""
-    m = copy.deepcopy(model).double()
-    x, y = held_out(TASKS["adding"], T, config)
-    device = next(m.parameters()).device
-    x, y = x[:, :batch].to(device, torch.float64), y[:batch].to(device, torch.float64)  # (T, B, 2), (B,)
-    return gradient_flow(
-        m.rnn, x, lambda last: TASKS["adding"].loss(m.head(last)[None], y), jacobian_batch=jacobian_batch
-    )
-
-
 def _model_name(directory: Path) -> str:
     return f"{read_config(directory)['model']['cell']} ({directory.name})"
 
 
 def _model_flow(args: argparse.Namespace, device: torch.device) -> GradientFlow:
-    """Gradient flow of a trained language model: the cross-entropy of the next token after the
-    last of T tokens of text, against every earlier state; float64, dropout off."""
-    model, tokenizer = load_model(args.model, device)
-    model = model.double()
+    model, tokenizer = load_model(args.model, device, kind=RNNLanguageModel.kind)
     if args.data is not None:
         blocks = read_blocks(whole(text_files(args.data, "--data text")))
         ids = np.concatenate([tokenizer.encode_array(block, add_eos=False) for block in blocks])
     else:
         ids = open_corpus(args.model / "data", tokenizer).valid
-    x, y = BPTTBatches(ids, args.batch, args.steps, device, name="text to measure on").window(0)  # (T, B) each
-    return gradient_flow(
-        model.rnn, model.embedding(x), lambda last: F.cross_entropy(model.head(last), y[-1]),
-        jacobian_batch=args.jacobian_batch,
-    )
-
-
-# ---------------------------------------------------------------- argument checks, shared with `tasks`
-
-
-def cell_list(text: str, allowed: Sequence[str] = tuple(CELLS), flag: str = "--cells", what: str = "cell") -> list[str]:
-    """Parse "elman,lstm" into ["elman", "lstm"]; unknown or repeated names are a user error."""
-    names = [c.strip().lower() for c in text.split(",") if c.strip()]
-    if not names:
-        raise RnnkitError(f"{flag} needs at least one of {', '.join(allowed)}, got {text!r}")
-    for name in names:
-        if name not in allowed:
-            raise RnnkitError(f"unknown {what} {name!r} in {flag}: expected {', '.join(allowed)}")
-    if len(set(names)) != len(names):
-        raise RnnkitError(f"{flag} lists a {what} twice: {text!r}")
-    return names
-
-
-def at_least(name: str, value: int, minimum: int) -> None:
-    if value < minimum:
-        raise RnnkitError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
-
-
-def torch_device(text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:
-        raise RnnkitError(f"--device {text!r} is not available here: {str(error).splitlines()[0]}") from None
-    return device
-
-
-def output_dir(path: str) -> Path:
-    out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise RnnkitError(f"--out {path!r} exists and is not a folder") from None
-    except OSError as error:
-        raise RnnkitError(f"cannot create --out {path!r}: {error.strerror}") from None
-    return out
+    return language_model_flow(model, ids, args.batch, args.steps, args.jacobian_batch)

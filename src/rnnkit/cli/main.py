@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
-from ..errors import RnnkitError
+from ..errors import ParameterError, RnnkitError
 
 # the subcommand modules, in the order `rnnkit --help` lists them
 COMMANDS: tuple[str, ...] = ("demo", "train", "use", "data", "memory", "gradients", "tasks")
@@ -30,7 +30,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         importlib.import_module(f".{name}", __package__).register(sub)
+    _remember_parsers(parser)
     return parser
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Let every (sub)command's parsed arguments know the parser that read them, whose flags
+    `in_flag_words` names."""
+    parser.set_defaults(parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _remember_parsers(sub)
+
+
+def in_flag_words(error: RnnkitError, args: argparse.Namespace) -> str:
+    """The library names parameters (`top_k must be ...`); where the value came from a flag that
+    reads otherwise (`--top-k`), say the flag. A command maps parameters to its flags' names in
+    `params` where they differ more than by dashes (hidden_size -> --hidden)."""
+    message, param = str(error), getattr(error, "param", None)
+    if not isinstance(error, ParameterError) or not message.startswith(param or "\0"):
+        return message
+    dest = getattr(args, "params", {}).get(param, param)
+    flags = {a.dest: max(a.option_strings, key=len) for a in args.parser._actions if a.option_strings}
+    if dest not in flags or getattr(args, dest, None) is None or flags[dest] == f"--{param}":
+        return message  # set in a --config file or a saved model, not by a flag
+    return flags[dest] + message[len(param):]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except RnnkitError as error:
-        print(f"rnnkit: error: {error}", file=sys.stderr)
+        print(f"rnnkit: error: {in_flag_words(error, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)

@@ -16,12 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..io import save_figure, write_csv, write_json
-from ..demos.household.memory import DEFAULT_BUCKETS, MODELS, MemoryConfig, make_data, measure, plot_memory
+from ..demos.household.memory import DEFAULT_BUCKETS, FILES, MODELS, MemoryConfig, format_table, run_memory
 from ..errors import RnnkitError
-from .gradients import cell_list, output_dir
-
-FILES = ("memory.json", "memory.csv", "memory.png")
+from .common import int_list, name_list, output_dir
 
 
 def register(subparsers: Any) -> None:
@@ -52,11 +49,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    models = cell_list(args.models, MODELS, "--models", "model")
-    try:
-        buckets = None if args.buckets is None else tuple(int(b) for b in args.buckets.split(",") if b.strip())
-    except ValueError:
-        raise RnnkitError(f"--buckets must be comma-separated integers, got {args.buckets!r}") from None
+    models = name_list(args.models, MODELS, "--models", "model")
+    buckets = None if args.buckets is None else tuple(int_list(args.buckets, "--buckets", minimum=0))
     try:
         config = MemoryConfig(
             max_distance=args.max_distance, buckets=buckets, train_sentences=args.train_sentences,
@@ -66,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise RnnkitError(str(error)) from None
     out = output_dir(args.out)
-    report = run_memory(config, models, out, quiet=args.quiet or args.json)
+    with StepBars(quiet=args.quiet or args.json, total=config.steps * len(models)) as progress:
+        report = run_memory(config, models, out, progress=progress)
     if args.json:
         print(json.dumps(report))
     else:
@@ -75,40 +70,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_memory(config: MemoryConfig, models: list[str], out: Path, quiet: bool = False) -> dict[str, Any]:
-    """Train and measure every model, write the files into `out`; return the report
-    {"config", "chance", "buckets", "results": [...], "files"}."""
-    from tqdm import tqdm
+class StepBars:
+    """One tqdm bar (on stderr) over the memory models' training steps, named after the model in
+    training: `progress(model, steps)` for `run_memory`. Nothing shows until training starts."""
 
-    data = make_data(config)
-    results = []
-    with tqdm(total=config.steps * len(models), unit="step", disable=quiet, file=sys.stderr,
-              dynamic_ncols=True, desc="memory") as bar:
-        for name in models:
-            bar.set_description(f"memory: {name}")
-            results.append(measure(name, data, config, progress=bar.update))
-    report = {
-        "config": asdict(config), "chance": data.chance, "test_sentences": len(data.targets),
-        "buckets": config.bucket_labels(), "results": [r.to_dict() for r in results],
-        "files": {name.split(".")[1]: str(out / name) for name in FILES},
-    }
-    write_csv(out / "memory.csv", ["model", *report["buckets"], "parameters", "seconds"],
-              [[r.model, *("" if a is None else f"{a:.4f}" for a in r.accuracy), r.parameters, f"{r.seconds:.1f}"] for r in results])
-    save_figure(out / "memory.png", plot_memory(results, data.chance, config.window), dpi=100)
-    write_json(out / "memory.json", report)  # last: the demo takes its presence for a finished run
-    return report
+    def __init__(self, quiet: bool, total: int) -> None:
+        self.quiet, self.total, self.bar = quiet, total, None
 
+    def __call__(self, model: str, steps: int) -> None:
+        from tqdm import tqdm
 
-def format_table(report: dict[str, Any]) -> str:
-    """The accuracy table of a `run_memory` report, as text."""
-    config = report["config"]
-    lines = [
-        (f"accuracy at the blank by words between cue and blank ({report['test_sentences']} test sentences, "
-         f"chance {report['chance']:.1%}; {config['steps']} steps of {config['batch_size']} sentences each)"),
-        f"{'model':<12}" + "".join(f"{b:>8}" for b in report["buckets"]) + f"{'params':>9}{'seconds':>9}",
-    ]
-    for r in report["results"]:
-        name = f"window n={config['window']}" if r["model"] == "window" else r["model"]
-        cells = "".join(f"{'-':>8}" if a is None else f"{a:>8.1%}" for a in r["accuracy"])
-        lines.append(f"{name:<12}{cells}{r['parameters']:>9}{r['seconds']:>9.1f}")
-    return "\n".join(lines)
+        if self.bar is None:
+            self.bar = tqdm(total=self.total, unit="step", disable=self.quiet, file=sys.stderr, dynamic_ncols=True)
+        self.bar.set_description(f"memory: {model}", refresh=False)
+        self.bar.update(steps)
+
+    def __enter__(self) -> StepBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -13,7 +13,7 @@ from typing import Any
 from ..diagnostics import TASKS, TaskConfig, plot_task_curves, train_task
 from ..io import save_figure, write_csv, write_json
 from ..errors import RnnkitError
-from .gradients import at_least, cell_list, output_dir, torch_device
+from .common import at_least, flag_values, int_list, name_list, output_dir, torch_device
 
 
 def register(subparsers: Any) -> None:
@@ -43,8 +43,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     task = TASKS[args.task]
-    cells = cell_list(args.cells)
-    lengths = length_list(args.lengths, minimum=2 if task.name == "adding" else 1)
+    cells = name_list(args.cells)
+    lengths = int_list(args.lengths, "--lengths", minimum=2 if task.name == "adding" else 1)
     for name in ("hidden", "layers", "batch", "test_size", "eval_every"):
         at_least(name, getattr(args, name), 1)
     at_least("train_steps", args.train_steps, 0)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             print(_line(row), flush=True)
 
     write_json(out / f"{task.name}.json", {
-        "settings": {k: v for k, v in vars(args).items() if k != "run"},
+        "settings": flag_values(args),
         "solved_when": task.criterion,
         "results": [r.to_dict() for r in results],
     })
@@ -92,14 +92,3 @@ def run(args: argparse.Namespace) -> int:
 def _line(cells: list) -> str:
     """One table row: cell and T to the left, the numbers right-aligned."""
     return "".join(f"{c!s:<7}" if i == 0 else f"{c!s:<5}" if i == 1 else f"{c!s:>11}" for i, c in enumerate(cells))
-
-
-def length_list(text: str, minimum: int) -> list[int]:
-    """Parse "50,100" into [50, 100]; every T must be an integer >= minimum."""
-    try:
-        lengths = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise RnnkitError(f"--lengths must be comma-separated integers, got {text!r}") from None
-    if not lengths or min(lengths) < minimum:
-        raise RnnkitError(f"--lengths needs integers >= {minimum}, got {text!r}")
-    return lengths

@@ -8,14 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..io import read_json, write_json
-from ..training.checkpoint import load_model, read_config
-from ..errors import RnnkitError
-from ..apps.lm.model import LMConfig
+from ..apps.lm import LMConfig, LMTrainConfig, finish_run, train
 from ..apps.lm.presets import preset_path, presets
-from ..data import Corpus, build_corpus, load_tokenizer
-from ..demos.household import corpus as household
-from ..training.loop import OPTIMIZERS, SCHEDULES, TrainConfig, evaluate, train
+from ..data import KINDS, build_corpus, load_tokenizer
+from ..demos.household.corpus import default_corpus
+from ..errors import RnnkitError
+from ..io import read_json
+from ..training import ProgressBar, read_config
+from ..training.loop import OPTIMIZERS, SCHEDULES
 
 # flag -> (section, field); every flag defaults to None so that --config and the defaults show through
 FLAGS = {
@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/lm"), help="model directory (default: runs/lm)")
     p.add_argument("--config", type=Path, help='JSON file {"model": {...}, "train": {...}, "data": {...}}, or the '
                    f'name of a preset ({", ".join(presets())}); flags override it')
-    p.add_argument("--cell", choices=["elman", "lstm", "gru"])
-    p.add_argument("--tokenizer", choices=["char", "word", "bpe"], help="default: word")
+    p.add_argument("--cell", help="elman, lstm, gru, or a cell registered by an installed package (default lstm)")
+    p.add_argument("--tokenizer", choices=KINDS, help="default: word")
     p.add_argument("--vocab-size", type=int, help="cap on the vocabulary (rarer tokens become <unk>)")
     p.add_argument("--hidden", type=int, help="hidden units H (default 256)")
     p.add_argument("--embedding", type=int, help="embedding size E (default: H)")
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--early-stop", type=int, help="stop after N evaluations without improvement")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, params={field: flag for flag, (_, field) in FLAGS.items()})
 
 
 def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -86,23 +86,12 @@ def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], 
     return sections["model"], sections["train"], sections["data"]
 
 
-def default_data(out: Path, sentences: int = household.DEFAULT_SENTENCES) -> Path:
-    """The household corpus, written once into the model directory's data folder."""
-    path = out / "data" / "household.txt"
-    if not path.exists():
-        household.write_corpus(path, sentences)
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
     model_fields, train_fields, data = _configs(args)
     unknown = set(data) - {"tokenizer", "vocab_size"}
     if unknown:
         raise RnnkitError(f"unknown data setting(s): {', '.join(sorted(unknown))}")
-    try:
-        config = TrainConfig.from_dict(train_fields)
-    except (TypeError, ValueError) as e:
-        raise RnnkitError(f"bad training setting: {e}") from None
+    config = LMTrainConfig.from_dict(train_fields)
     out: Path = args.out
     if args.resume:
         saved = read_config(out)
@@ -112,66 +101,23 @@ def run(args: argparse.Namespace) -> int:
         model_fields = {**saved["model"], **model_fields}
     else:
         tokenizer = data.get("tokenizer", "word")
-    train_path = args.data if args.data is not None else default_data(out)
+    train_path = args.data if args.data is not None else default_corpus(out / "data")
     corpus = build_corpus(
         train_path, args.valid, args.test, out_dir=out / "data", tokenizer=tokenizer, vocab_size=data.get("vocab_size")
     )
+    model_config = LMConfig.from_dict({**model_fields, "vocab_size": corpus.tokenizer.vocab_size})
+    progress = None if args.quiet else ProgressBar()
     try:
-        model_config = LMConfig.from_dict({**model_fields, "vocab_size": corpus.tokenizer.vocab_size})
-    except (TypeError, ValueError) as e:
-        raise RnnkitError(f"bad model setting: {e}") from None
-    reporter = Progress(quiet=args.quiet)
-    try:
-        summary = train(out, corpus, model_config, config, resume=args.resume, callback=reporter)
+        summary = train(out, corpus, model_config, config, resume=args.resume, callback=progress)
     finally:
-        reporter.close()
+        if progress is not None:
+            progress.close()
     if summary["stopped"] == "interrupted":
         print(f"rnnkit: interrupted at step {summary['steps']}; saved in {out}, continue with --resume", file=sys.stderr)
         return 130
-    results = finish(out, corpus, config, summary)
+    results = finish_run(out, corpus, config, summary)
     print(
         f"{summary['stopped']} after {summary['steps']} steps: best valid perplexity "
         f"{math.exp(min(summary['best_valid'], 700)):.2f}, test perplexity {results['test_perplexity']:.2f}; model in {out}"
     )
     return 0
-
-
-def finish(out: Path, corpus: Corpus, config: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate the best model on the test split; write and return results.json (the summary and
-    the test numbers), whose presence marks a finished run."""
-    model, _ = load_model(out, summary["device"])
-    test = evaluate(model, corpus.test, config.eval_batch_size, config.bptt)
-    results = {**summary, "test_loss": test["loss"], "test_perplexity": test["perplexity"], "test_tokens": test["tokens"]}
-    write_json(out / "results.json", results)
-    return results
-
-
-class Progress:
-    """A tqdm bar over the training steps, with loss, perplexity and tokens/s; tqdm shows time left."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet, self.bar = quiet, None
-
-    def __call__(self, event: str, info: dict[str, Any]) -> None:
-        if self.quiet:
-            return
-        from tqdm import tqdm
-
-        if event == "start":
-            self.bar = tqdm(total=info["steps"], initial=info["step"], unit="step", dynamic_ncols=True, file=sys.stderr)
-            self.bar.write(f"training on {info['device']}, {info['windows']} windows per epoch", file=sys.stderr)
-        elif event == "step" and self.bar is not None:
-            self.bar.update(info["step"] - self.bar.n)
-            self.bar.set_postfix(
-                epoch=info["epoch"] + 1, loss=f"{info['loss']:.3f}", ppl=f"{math.exp(min(info['loss'], 50)):.1f}",
-                tok_s=f"{info['tokens_per_s']:.0f}", lr=f"{info['lr']:.3g}",
-            )
-        elif event == "eval" and self.bar is not None:
-            self.bar.write(
-                f"step {info['step']}: valid perplexity {info['valid_perplexity']:.2f}"
-                + (" (best, saved)" if info["best"] else ""), file=sys.stderr,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..training.checkpoint import load_model
-from ..apps.lm.generate import beam_search, predict_next, sample
+from ..apps.lm import RNNLanguageModel, beam_search, evaluate, predict_next, sample
 from ..data.files import read_blocks, text_files, whole
-from ..training.loop import evaluate, resolve_device
+from ..training import load_model, resolve_device
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    model, tokenizer = load_model(args.model, resolve_device(args.device))
+    model, tokenizer = load_model(args.model, resolve_device(args.device), kind=RNNLanguageModel.kind)
     blocks = read_blocks(whole(text_files(args.data, "evaluation text")))
     ids = np.concatenate([tokenizer.encode_array(block, add_eos=False) for block in blocks])
     metrics = evaluate(model, ids)
@@ -65,7 +64,7 @@ def _warn_unknown(words: list[str]) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, kind=RNNLanguageModel.kind)
     predictions, unknown = predict_next(model, tokenizer, args.prompt, args.top_k)
     _warn_unknown(unknown)
     if args.json:
@@ -77,7 +76,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, kind=RNNLanguageModel.kind)
     _warn_unknown(tokenizer.unknown_words(args.prompt))
     if args.beam is not None:
         text, _ = beam_search(model, tokenizer, args.prompt, args.length, args.beam)

@@ -1,4 +1,4 @@
-"""Text for language models: tokenizers, corpora on disk, and batches for truncated BPTT.
+"""Data: text files, tokenizers, corpora on disk, batches, and dataset downloads.
 
     text files -> Tokenizer (char | word | bpe) -> Corpus (ids in memmaps) -> BPTTBatches (T, B)
 """
@@ -12,6 +12,7 @@ from .tokenizers import (
     UNK,
     BPETokenizer,
     CharTokenizer,
+    TextStream,
     Tokenizer,
     WordTokenizer,
     load_tokenizer,
@@ -29,6 +30,7 @@ __all__ = [
     "BPTTBatches",
     "CharTokenizer",
     "Corpus",
+    "TextStream",
     "Tokenizer",
     "WordTokenizer",
     "build_corpus",

@@ -108,6 +108,8 @@ class BPTTBatches:
             block = block.to(self.device)
         return block[:-1], block[1:]
 
+    __getitem__ = window  # a Sequence of windows, as the training loop takes its batches
+
     def iter_from(self, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
         """The windows start, start + 1, ..., len - 1: resumes an epoch part-way through."""
         if not 0 <= start <= len(self):

@@ -16,6 +16,10 @@ file's last line). `encode(prompt, add_eos=False)` gives <eos> only for the "\\n
 so that a prompt's unfinished last line stays open for the model to continue. Decoding joins words
 with spaces and turns <eos> back into "\\n". The char kind ignores `add_eos`: "\\n" is its own token.
 
+Generated ids become text as they come through `stream()`: constant time per id, and for bpe only
+whole characters (a piece may end inside a character's UTF-8 bytes); everything streamed, flushed
+at the end, equals `decode` of all the ids at once.
+
 On disk a tokenizer is one JSON file (`save`, `load_tokenizer`):
 
     {"format": "rnnkit-tokenizer", "version": 1, "kind": "char" | "word", "tokens": [...]}
@@ -28,6 +32,8 @@ Loading reads data only: nothing in the file is executed.
 
 from __future__ import annotations
 
+import codecs
+import functools
 import hashlib
 import json
 import os
@@ -86,6 +92,20 @@ class Tokenizer(ABC):
         """The id of a token string (for bpe a byte-level piece, e.g. "Ġthe"); RnnkitError if the
         vocabulary has no such token."""
 
+    @property
+    def line_end_id(self) -> int:
+        """The token that ends a line: <eos>, or the newline character for a char tokenizer."""
+        return self.eos_id if self.eos_id is not None else self.encode("\n")[-1]
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """The ids a language model reads `prompt` as: a line end first, since training text has
+        one before every line, then the prompt with its last line left open."""
+        return [self.line_end_id, *self.encode(prompt, add_eos=False)]
+
+    @abstractmethod
+    def stream(self) -> TextStream:
+        """A fresh `TextStream`: the text of ids given one at a time."""
+
     @abstractmethod
     def unknown_words(self, text: str) -> list[str]:
         """The words (characters, for char) of `text` that would read as <unk>, each once, in order
@@ -130,6 +150,60 @@ class Tokenizer(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size})"
+
+
+class TextStream(ABC):
+    """Text of token ids given one at a time: `step(id)` returns the text that id adds ("" while a
+    bpe piece ends inside a character), `flush()` whatever is held back. The concatenation of
+    every step and the flush equals `decode` of all the ids."""
+
+    @abstractmethod
+    def step(self, id: int) -> str: ...
+
+    def flush(self) -> str:
+        return ""
+
+
+class _CharStream(TextStream):
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.token = tokenizer.token
+
+    def step(self, id: int) -> str:
+        return self.token(id)
+
+
+class _WordStream(TextStream):
+    """Words joined by spaces within a line; <eos> ends the line."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.token, self.eos, self.line_start = tokenizer.token, tokenizer.eos_id, True
+
+    def step(self, id: int) -> str:
+        if id == self.eos:
+            self.line_start = True
+            return "\n"
+        text = self.token(id) if self.line_start else " " + self.token(id)
+        self.line_start = False
+        return text
+
+
+class _BytesStream(TextStream):
+    """Byte-level pieces through an incremental UTF-8 decoder: a character is given out once its
+    last byte has come; bytes that can never make one read as U+FFFD, as in `decode`."""
+
+    def __init__(self, tokenizer: BPETokenizer) -> None:
+        self.piece_bytes, self.eos = tokenizer.piece_bytes, tokenizer.eos_id
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def step(self, id: int) -> str:
+        if id == self.eos:
+            return self.flush() + "\n"
+        return self.utf8.decode(self.piece_bytes(id))
+
+    def flush(self) -> str:
+        text = self.utf8.decode(b"", final=True)
+        self.utf8.reset()
+        return text
 
 
 class _VocabTokenizer(Tokenizer):
@@ -210,6 +284,9 @@ class CharTokenizer(_VocabTokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.token(i) for i in ids)
 
+    def stream(self) -> TextStream:
+        return _CharStream(self)
+
     def unknown_words(self, text: str) -> list[str]:
         return list(dict.fromkeys(c for c in text if c not in self._index))
 
@@ -250,6 +327,9 @@ class WordTokenizer(_VocabTokenizer):
             else:
                 words.append(self.token(i))
         return "".join(lines) + " ".join(words)
+
+    def stream(self) -> TextStream:
+        return _WordStream(self)
 
     def unknown_words(self, text: str) -> list[str]:
         return list(dict.fromkeys(w for w in text.split() if w not in self._index))
@@ -305,6 +385,15 @@ class BPETokenizer(Tokenizer):
                 lines[-1].append(i)
         return "\n".join(self._hf.decode_batch(lines, skip_special_tokens=False))
 
+    def stream(self) -> TextStream:
+        return _BytesStream(self)
+
+    def piece_bytes(self, id: int) -> bytes:
+        """The bytes a piece stands for: each character of a byte-level piece is one byte."""
+        table = _byte_of_char()
+        token = self.token(id)
+        return bytes(table[c] for c in token) if all(c in table for c in token) else token.encode("utf-8")
+
     def token(self, id: int) -> str:
         token = self._hf.id_to_token(id) if id >= 0 else None
         if token is None:
@@ -336,6 +425,22 @@ class BPETokenizer(Tokenizer):
         except Exception as e:  # the Rust side raises a bare Exception
             raise RnnkitError(f"the Hugging Face tokenizer inside does not load: {e}") from None
         return cls(hf)
+
+
+@functools.cache
+def _byte_of_char() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2's bytes_to_unicode), inverted: byte b is written as chr(b)
+    where that character is printable and not a space, else as chr(256 + n), n counting the
+    others in byte order."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}  # "!".."~", "¡".."¬", "®".."ÿ"
+    table, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + n)] = b
+            n += 1
+    return table
 
 
 _CLASSES: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "word": WordTokenizer, "bpe": BPETokenizer}

@@ -26,8 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import RnnkitError
-from ..apps.lm.generate import encode_prompt
-from ..apps.lm.model import RNNLanguageModel
+from ..apps.lm.model import RNNLanguageModel, require_eval
 from ..data import Tokenizer
 
 
@@ -73,12 +72,13 @@ def attribute(
     candidates: Sequence[str] | None = None,
     alternatives: int = 10,
 ) -> Attribution:
-    """Occlusion and gradient x input scores of each prompt token for predicting `target` next."""
+    """Occlusion and gradient x input scores of each prompt token for predicting `target` next,
+    by a model in eval mode."""
+    require_eval(model)
     target_id, cands = _target_ids(tokenizer, target, candidates)
-    ids, _ = encode_prompt(tokenizer, prompt)
+    ids = tokenizer.encode_prompt(prompt)
     if len(ids) < 2:
         raise RnnkitError("the prompt is empty: there is nothing to attribute")
-    model.eval()
     device = next(model.parameters()).device
     x = torch.tensor(ids, device=device)[:, None]  # (T, 1); x[0] is the line end the prompt starts after
     T = len(ids)
@@ -89,7 +89,7 @@ def attribute(
     K = min(alternatives, model.config.vocab_size - 1)
     rows = torch.arange(T - 1, device=device)
     with torch.no_grad():
-        logits, _ = model(x, model.start_state(1))
+        logits, _ = model(x, model.start_state(1))  # (T, 1, V)
         base = _log_odds(logits[-1, 0], target_id, cands)
         p = logits[:-1, 0].float().softmax(-1)  # (T - 1, V): p(token i | tokens before it), i = 1 .. T-1
         p[rows, x[1:, 0]] = 0  # other tokens than the one there
@@ -98,15 +98,14 @@ def attribute(
         variants = x[:, 0].repeat(T - 1, K, 1)  # (T - 1, K, T)
         variants[rows[:, None], torch.arange(K, device=device), rows[:, None] + 1] = words
         # the output layer on the last step only: (T - 1) K rows of V logits, not T times as many
-        hidden, _ = model.rnn(model.embed(variants.view(-1, T).T), model.start_state((T - 1) * K))  # (T, (T-1) K, H)
-        logits = model.head(hidden[-1])  # ((T - 1) K, V)
+        logits, _ = model(variants.view(-1, T).T, model.start_state((T - 1) * K), last_only=True)  # ((T - 1) K, V)
         occlusion = base - (q * _log_odds(logits, target_id, cands).view(T - 1, K)).sum(-1)  # (T - 1,)
 
     # gradient x input; cuDNN computes RNN gradients in training mode only, so use the native kernels
     with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
         inputs = model.embed(x).detach().requires_grad_()  # (T, 1, E)
-        logits, _ = model.forward_embedded(inputs, model.start_state(1))
-        (grad,) = torch.autograd.grad(_log_odds(logits[-1, 0], target_id, cands), inputs)
+        logits, _ = model.forward_embedded(inputs, model.start_state(1), last_only=True)  # (1, V)
+        (grad,) = torch.autograd.grad(_log_odds(logits[0], target_id, cands), inputs)
     saliency = (grad * inputs.detach()).sum(-1)[1:, 0]  # (T - 1,)
 
     return Attribution(

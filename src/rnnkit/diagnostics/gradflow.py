@@ -16,6 +16,7 @@ The state s_t is h_t for Elman and GRU and the pair (h_t, c_t) for LSTM: both ca
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import copy
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.func import jacrev, vmap
+from torch.nn import functional as F
 
+from ..apps.lm.model import RNNLanguageModel
+from ..data import BPTTBatches
 from ..nn.cells import Cell, ElmanCell, State
 from ..nn.recurrent import Recurrent, Trace
+from .tasks import TASKS, TaskConfig, TaskModel, held_out
 
 # how many Jacobian entries one vmap call may hold at once (float64: 8 bytes each)
 _JACOBIAN_CHUNK = 1 << 22
@@ -228,3 +233,29 @@ def _stack(states: list[State]) -> State:
 
 def _size(s: State) -> int:
     return sum(p.shape[-1] for p in _parts(s))
+
+
+def adding_flow(model: TaskModel, T: int, config: TaskConfig, batch: int, jacobian_batch: int | None = None) -> GradientFlow:
+    """Gradient flow of the adding problem's loss at the last step, on the first `batch` held-out
+    sequences of length T, through a float64 copy of the model so that tiny norms survive."""
+    m = copy.deepcopy(model).double()
+    x, y = held_out(TASKS["adding"], T, config)
+    device = next(m.parameters()).device
+    x, y = x[:, :batch].to(device, torch.float64), y[:batch].to(device, torch.float64)  # (T, B, 2), (B,)
+    return gradient_flow(
+        m.rnn, x, lambda last: TASKS["adding"].loss(m.head(last)[None], y), jacobian_batch=jacobian_batch
+    )
+
+
+def language_model_flow(
+    model: RNNLanguageModel, ids: Any, batch: int, steps: int, jacobian_batch: int | None = None
+) -> GradientFlow:
+    """Gradient flow of a trained language model: the cross-entropy of the next token after the
+    last of `steps` tokens, against every earlier state, on the first window of `batch` streams
+    of `ids`; through a float64 copy, dropout off."""
+    m = copy.deepcopy(model).double()
+    device = next(m.parameters()).device
+    x, y = BPTTBatches(ids, batch, steps, device, name="text to measure on").window(0)  # (T, B) each
+    return gradient_flow(
+        m.rnn, m.embedding(x), lambda last: F.cross_entropy(m.head(last), y[-1]), jacobian_batch=jacobian_batch
+    )

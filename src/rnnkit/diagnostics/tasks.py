@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,6 +28,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ..nn.recurrent import Recurrent
+from ..training.loop import Task as LoopTask
+from ..training.loop import Draws, TrainConfig, eval_mode, fit
 
 COPY_SYMBOLS = 8  # data symbols 1..8; 0 is the blank and 9 the marker
 COPY_LENGTH = 10  # symbols to remember
@@ -196,46 +198,76 @@ def held_out(task: Task, T: int, config: TaskConfig) -> tuple[Tensor, Tensor]:
     return task.generate(T, config.test_size, torch.Generator().manual_seed(config.seed))
 
 
-def evaluate(model: TaskModel, task: Task, x: Tensor, y: Tensor) -> tuple[float, float | None]:
-    """Test loss and (for copy) recall accuracy, without dropout or gradients."""
-    training = model.training
-    model.eval()
+def evaluate_task(model: TaskModel, task: Task, x: Tensor, y: Tensor) -> tuple[float, float | None]:
+    """Test loss and (for copy) recall accuracy of the model as it is (eval mode: no dropout)."""
     with torch.no_grad():
         out = model(x)
-    model.train(training)
     return task.loss(out, y).item(), None if task.accuracy is None else task.accuracy(out, y)
 
 
-def train(model: TaskModel, task: Task, T: int, config: TaskConfig) -> TaskResult:
-    """Train `model` in place on `task` with delay T for config.steps Adam steps.
+class SyntheticTask(LoopTask):
+    """A memory task on the training loop: `steps` fresh batches (one "epoch"), drawn from a
+    stream seeded with seed + 1; validated on the held-out sequences."""
+
+    def __init__(self, task: Task, T: int, config: TaskConfig, test: tuple[Tensor, Tensor]) -> None:
+        self.task, self.T, self.config, self.test = task, T, config, test
+        self.stream = torch.Generator().manual_seed(config.seed + 1)
+
+    def batches(self, device: torch.device) -> Sequence[tuple[Tensor, Tensor]]:
+        dtype = self.test[0].dtype
+
+        def draw(i: int) -> tuple[Tensor, Tensor]:
+            x, y = self.task.generate(self.T, self.config.batch_size, self.stream)
+            return x.to(device, dtype), y.to(device)
+
+        return Draws(self.config.steps, draw)
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor], state: Any) -> tuple[Tensor, None]:
+        x, y = batch
+        return self.task.loss(model(x), y), None
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        loss, accuracy = evaluate_task(model, self.task, *self.test)
+        return {"loss": loss} if accuracy is None else {"loss": loss, "accuracy": accuracy}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stream": self.stream.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.set_state(state["stream"])
+
+
+def fit_task(model: TaskModel, task: Task, T: int, config: TaskConfig) -> TaskResult:
+    """Train `model` in place on `task` with delay T for config.steps Adam steps on the training
+    loop, on the model's device.
 
     Every step draws a fresh batch; the test set is evaluated before training and every
     config.eval_every steps (and after the last).
     """
     start = time.perf_counter()
     param = next(model.parameters())
-    device, dtype = param.device, param.dtype
-    x_test, y_test = (t.to(device) for t in held_out(task, T, config))
-    x_test = x_test.to(dtype)
-    stream = torch.Generator().manual_seed(config.seed + 1)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
-    loss0, accuracy = evaluate(model, task, x_test, y_test)
-    eval_steps, test_loss, train_loss, window = [0], [loss0], [None], []
-    model.train()
-    for step in range(1, config.steps + 1):
-        x, y = task.generate(T, config.batch_size, stream)
-        loss = task.loss(model(x.to(device, dtype)), y.to(device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-        optimiser.step()
-        window.append(loss.item())
-        if step % config.eval_every == 0 or step == config.steps:
-            loss_t, accuracy = evaluate(model, task, x_test, y_test)
-            eval_steps.append(step)
-            test_loss.append(loss_t)
-            train_loss.append(sum(window) / len(window))
-            window = []
+    x_test, y_test = (t.to(param.device) for t in held_out(task, T, config))
+    test = (x_test.to(param.dtype), y_test)
+    with eval_mode(model):
+        loss0, accuracy = evaluate_task(model, task, *test)
+    eval_steps, test_loss, train_loss = [0], [loss0], [None]
+    window: list[float] = []
+
+    def on_event(event: str, info: dict[str, Any]) -> None:
+        nonlocal accuracy
+        if event == "step":
+            window.append(info["loss"])
+        elif event == "eval":
+            eval_steps.append(info["step"])
+            test_loss.append(info["valid_loss"])
+            train_loss.append(window[-1] if window else None)
+            accuracy = info.get("valid_accuracy")
+
+    # AdamW without weight decay is Adam, to the bit; log_every = eval_every: one mean per evaluation
+    loop = TrainConfig(epochs=1, batch_size=config.batch_size, optimizer="adamw", lr=config.lr, clip=config.clip,
+                       schedule="none", eval_every=config.eval_every, log_every=config.eval_every,
+                       checkpoint_every=None, device=str(param.device))
+    fit(model, SyntheticTask(task, T, config, test), loop, callbacks=[on_event])
     return TaskResult(
         task=task.name, cell=model.rnn.cell, T=T, baseline=task.baseline(T),
         eval_steps=eval_steps, test_loss=test_loss, train_loss=train_loss, accuracy=accuracy,
@@ -243,7 +275,7 @@ def train(model: TaskModel, task: Task, T: int, config: TaskConfig) -> TaskResul
     )
 
 
-def make_model(task: Task, cell: str, config: TaskConfig) -> TaskModel:
+def make_task_model(task: Task, cell: str, config: TaskConfig) -> TaskModel:
     """A fresh model for `task`, its weights drawn from config.seed without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
@@ -251,9 +283,9 @@ def make_model(task: Task, cell: str, config: TaskConfig) -> TaskModel:
 
 
 def train_task(task: str | Task, cell: str, T: int, config: TaskConfig, device: str | torch.device = "cpu") -> TaskResult:
-    """Build a fresh model for `task` ("adding" or "copy") and `cell`, and train it (see `train`)."""
+    """Build a fresh model for `task` ("adding" or "copy") and `cell`, and train it (see `fit_task`)."""
     task = TASKS[task] if isinstance(task, str) else task
-    return train(make_model(task, cell, config).to(device), task, T, config)
+    return fit_task(make_task_model(task, cell, config).to(device), task, T, config)
 
 
 def _check_positive(**values: int) -> None:

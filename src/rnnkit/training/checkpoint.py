@@ -1,35 +1,55 @@
-"""The only code that reads or writes a model directory.
+"""The only code that reads or writes a model directory, whatever the model's kind.
 
-    DIR/config.json            {"format": "rnnkit-model", "model": LMConfig, "train": TrainConfig}
-    DIR/tokenizer.json         the tokenizer (rnnkit.text.tokenizers)
+    DIR/config.json            {"format": "rnnkit-model", "version": 2, "kind": "lm",
+                                "model": the model's config, "train": the training config}
+    DIR/tokenizer.json         the assets the kind keeps beside the weights (the tokenizer)
     DIR/model.safetensors      the weights that did best on validation (the latest without validation)
     DIR/metrics.jsonl          one JSON object per evaluation
-    DIR/trainer_state/         what `--resume` needs: latest weights, optimizer, scheduler, RNG
-                               states, the carried hidden state and the position in the data
+    DIR/trainer_state/         what resuming needs: latest weights, optimizer, scheduler, RNG
+                               states, the carried state and the position in the data
 
-Tensors go to safetensors and everything else to JSON: loading never executes code from the
-file. Every file is written to a temp file, fsynced and renamed, so a crash leaves the old file
-or the new one, never half of one.
+`load_model` picks the model's class by "kind" from a registry that each application fills
+(`register_kind`); a directory of version 1, written before kinds, is a language model. Tensors go
+to safetensors and everything else to JSON: loading never executes code from the file. Every file
+is written to a temp file, fsynced and renamed, so a crash leaves the old file or the new one,
+never half of one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..configs import JSONConfig
 from ..errors import RnnkitError
-from ..apps.lm.model import LMConfig, RNNLanguageModel
 from ..io import read_json, read_tensors, write_json, write_tensors
-from ..data.tokenizers import Tokenizer, load_tokenizer
 
-FORMAT, VERSION = "rnnkit-model", 1
-CONFIG, TOKENIZER, WEIGHTS, METRICS, STATE_DIR = (
-    "config.json", "tokenizer.json", "model.safetensors", "metrics.jsonl", "trainer_state",
-)
+FORMAT, VERSION = "rnnkit-model", 2
+CONFIG, WEIGHTS, STATE_DIR = "config.json", "model.safetensors", "trainer_state"
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """How to rebuild a model of one kind from its directory."""
+
+    model_class: Callable[[Any], nn.Module]  # built as model_class(config)
+    config_class: type[JSONConfig]
+    load_assets: Callable[[Path], Any]  # what load_model returns beside the model (a tokenizer)
+    check: Callable[[Any, Any], None] | None = None  # check(config, assets): RnnkitError if they disagree
+
+
+KINDS: dict[str, ModelKind] = {}
+
+
+def register_kind(name: str, kind: ModelKind) -> None:
+    """Let `load_model` rebuild models whose config.json says "kind": name."""
+    KINDS[name] = kind
 
 
 def model_tensors(model: nn.Module) -> dict[str, Tensor]:
@@ -51,39 +71,58 @@ def load_weights(model: nn.Module, path: Path, what: str = "model weights") -> N
     model.load_state_dict(tensors, strict=False)  # tied aliases are filled by their first name
 
 
-def save_model(directory: Path, model: RNNLanguageModel, tokenizer: Tokenizer, train_config: dict[str, Any]) -> None:
-    """Write config.json, tokenizer.json and model.safetensors (each atomically)."""
+def save_model(directory: Path, model: nn.Module, assets: Mapping[str, Any], train_config: JSONConfig) -> None:
+    """Write config.json, the assets (file name -> object with `to_json`) and model.safetensors,
+    each atomically. The model names its `kind` and has a `config`."""
     directory.mkdir(parents=True, exist_ok=True)
-    write_json(directory / CONFIG, {"format": FORMAT, "version": VERSION, "model": model.config.to_dict(), "train": train_config})
-    tokenizer.save(directory / TOKENIZER)
+    write_json(directory / CONFIG, {
+        "format": FORMAT, "version": VERSION, "kind": model.kind,
+        "model": model.config.to_dict(), "train": train_config.to_dict(),
+    })
+    for name, asset in assets.items():
+        write_json(directory / name, asset.to_json())
     write_tensors(directory / WEIGHTS, model_tensors(model))
 
 
 def read_config(directory: Path) -> dict[str, Any]:
+    """config.json, its "kind" filled in for a directory of version 1 (a language model)."""
     if not directory.is_dir():
         raise RnnkitError(f"model directory not found: {directory}")
     config = read_json(directory / CONFIG, "the model's config.json")
     if not isinstance(config, dict) or config.get("format") != FORMAT or not isinstance(config.get("model"), dict):
         raise RnnkitError(f"{directory / CONFIG} is not an rnnkit model config")
+    if config.get("version") not in (1, VERSION):
+        raise RnnkitError(f"{directory / CONFIG} has format version {config.get('version')!r}; this rnnkit reads 1 and {VERSION}")
+    if config["version"] == 1:
+        config = {**config, "kind": "lm"}
+    if not isinstance(config.get("kind"), str):
+        raise RnnkitError(f"{directory / CONFIG} names no model kind")
     return config
 
 
-def load_model(directory: str | os.PathLike[str], device: str | torch.device = "cpu") -> tuple[RNNLanguageModel, Tokenizer]:
-    """The model (in eval mode) and tokenizer saved in `directory`; RnnkitError if it is not a model directory."""
+def load_model(
+    directory: str | os.PathLike[str], device: str | torch.device = "cpu", kind: str | None = None
+) -> tuple[nn.Module, Any]:
+    """The model (in eval mode) saved in `directory` and its assets (a language model's tokenizer);
+    RnnkitError if it is not a model directory, or not of `kind` when one is asked for."""
     directory = Path(directory)
     config = read_config(directory)
+    if kind is not None and config["kind"] != kind:
+        raise RnnkitError(f"{directory} holds a {config['kind']!r} model, not the {kind!r} model asked for")
+    if config["kind"] not in KINDS:
+        raise RnnkitError(f"{directory} holds a model of kind {config['kind']!r}, which this rnnkit does not know "
+                          f"(known: {', '.join(sorted(KINDS))})")
+    spec = KINDS[config["kind"]]
     try:
-        model_config = LMConfig.from_dict(config["model"])
+        model_config = spec.config_class.from_dict(config["model"])
     except (TypeError, ValueError) as e:
         raise RnnkitError(f"{directory / CONFIG}: {e}") from None
-    tokenizer = load_tokenizer(directory / TOKENIZER)
-    if tokenizer.vocab_size != model_config.vocab_size:
-        raise RnnkitError(
-            f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but the model expects {model_config.vocab_size}"
-        )
-    model = RNNLanguageModel(model_config)
+    assets = spec.load_assets(directory)
+    if spec.check is not None:
+        spec.check(model_config, assets)
+    model = spec.model_class(model_config)
     load_weights(model, directory / WEIGHTS)
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval(), assets
 
 
 def flatten_state(state: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
@@ -128,10 +167,14 @@ def save_trainer_state(directory: Path, model: nn.Module, step: int, state: dict
             (folder / name).unlink(missing_ok=True)
 
 
+def has_trainer_state(directory: Path) -> bool:
+    return (directory / STATE_DIR / "state.json").exists()
+
+
 def load_trainer_state(directory: Path, model: nn.Module) -> dict[str, Any]:
     """Restore the latest weights into `model` and return the training state saved with them."""
     folder = directory / STATE_DIR
-    meta = read_json(folder / "state.json", "the trainer state for --resume")
+    meta = read_json(folder / "state.json", "the trainer state")
     step = meta["step"]
     load_weights(model, folder / f"model-{step}.safetensors", "the trainer state's weights")
     tensors = read_tensors(folder / f"state-{step}.safetensors", "the trainer state")

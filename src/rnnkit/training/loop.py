@@ -1,33 +1,51 @@
-"""Training a language model with truncated backpropagation through time.
+"""The training loop, one for every task (minGPT's trainer: the loop knows nothing of the model).
 
-The loop knows the model only through `model.loss(x, y, state) -> (loss, state)` and
-`model.init_state(B)`; reporting goes through a callback, checkpoints through `checkpoint.py`.
-Every `checkpoint_every` steps, and at every evaluation, the full training state is saved, so a
-run killed at any moment resumes from the last checkpoint and ends with the same weights as a run
-never interrupted (on a CPU; GPU kernels are not bitwise deterministic).
+A task (`Task`) gives its batches, the loss of a batch and its evaluation; the loop owns the rest:
+
+    for epoch:                                  state <- task.start_state(model)
+        for batch i (from where a resumed run stopped):
+            loss, state <- task.loss(model, batch_i, state)      state detached between batches
+            backward (/ accumulate)  -> clip -> optimizer step -> schedule
+            every log_every steps: one host sync, NaN check, "step" event
+            every eval_every steps and every epoch: evaluate, keep the best, "eval" event
+            every checkpoint_every steps: save the trainer state
+        stop early: no improvement (early_stop), time budget (max_minutes), Ctrl-C
+
+With a model directory, the best model (on the task's validation loss) is written there with its
+config and assets, and the whole training state (weights, optimizer, schedule, RNG, the carried
+state, the task's own random streams and the position in the data) every `checkpoint_every`
+steps and at every evaluation, so that a run killed at any moment resumes from its last
+checkpoint and ends, on a CPU, with the same weights as a run never interrupted. Non-finite
+losses or weights never reach a checkpoint. Callbacks get the events "start", "step", "eval"
+and "end" with a dict of figures; writing metrics.jsonl is one of them.
+
+Seed the global RNG before building the model: the loop draws from it (dropout) but does not
+reseed it, so that the weights and the training stream follow from one seed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
+from torch import Tensor, nn
 
+from ..configs import FieldChecks, JSONConfig
+from ..data import detach_state
+from ..errors import ParameterError, RnnkitError
+from ..io import read_json
 from . import checkpoint as ckpt
-from ..configs import JSONConfig
-from ..errors import RnnkitError
-from ..io import append_jsonl
-from ..apps.lm.generate import line_end_id
-from ..apps.lm.model import LMConfig, RNNLanguageModel
-from ..data import BPTTBatches, Corpus, detach_state
+from .callbacks import Callback, MetricsFile
 
 OPTIMIZERS = ("sgd", "asgd", "adamw")
 SCHEDULES = ("plateau", "cosine", "exponential", "none")
@@ -36,13 +54,13 @@ DEFAULT_LR = {"sgd": 20.0, "asgd": 20.0, "adamw": 2e-3}  # for a loss averaged o
 
 @dataclass(frozen=True)
 class TrainConfig(JSONConfig):
-    """How to train; saved in config.json beside the model config."""
+    """How to train, whatever the task; saved in config.json beside the model config. A task with
+    settings of its own extends it (the language model's `LMTrainConfig` adds `bptt`)."""
 
     what: ClassVar[str] = "training config"
 
-    epochs: int = 10  # passes over the training split
-    batch_size: int = 20  # B, parallel streams
-    bptt: int = 35  # T, steps per window of truncated backpropagation
+    epochs: int = 10  # passes over the training data
+    batch_size: int = 20  # B: examples per batch (parallel streams, for the language model)
     optimizer: str = "sgd"  # "sgd", "asgd" (averaged SGD, Polyak) or "adamw"
     lr: float | None = None  # None: 20 for sgd/asgd, 2e-3 for adamw
     weight_decay: float = 0.0
@@ -57,72 +75,137 @@ class TrainConfig(JSONConfig):
     checkpoint_every: int | None = 200  # save the trainer state every N steps
     log_every: int = 20  # steps between progress reports
     eval_batch_size: int = 10
+    accumulate: int = 1  # batches whose gradients add up to one optimizer step
     seed: int = 0
-    device: str = "auto"  # "auto", "cpu" or "cuda"
+    device: str = "auto"  # "auto" (cuda when present), or a torch device: "cpu", "cuda", "cuda:1"
     max_minutes: float | None = None  # stop (and save) after this much training time
     bf16: bool = True  # bf16 autocast on CUDA
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
-            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
-            (self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be positive, got {self.max_minutes}"),
-            (0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}"),
-        ]
-        for name in ("batch_size", "bptt", "log_every", "eval_batch_size", "decay_start"):
-            checks.append((getattr(self, name) >= 1, f"{name} must be a positive integer, got {getattr(self, name)}"))
+        check = FieldChecks(self)
+        check.choice("optimizer", OPTIMIZERS)
+        check.choice("schedule", SCHEDULES)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ParameterError("device", f"must be auto or a torch device such as cpu or cuda, got {self.device!r}") from None
+        for name in ("epochs", "batch_size", "log_every", "eval_batch_size", "decay_start", "accumulate"):
+            check.integer(name, minimum=1)
+        check.integer("seed")
+        check.integer("patience", minimum=0)
         for name in ("eval_every", "checkpoint_every", "early_stop"):
-            value = getattr(self, name)
-            checks.append((value is None or value >= 1, f"{name} must be a positive integer, got {value}"))
-        for ok, message in checks:
-            if not ok:
-                raise RnnkitError(message)
+            check.integer(name, minimum=1, optional=True)
+        for name in ("lr", "clip", "max_minutes"):
+            check.number(name, positive=True, optional=True)
+        check.number("weight_decay")
+        check.number("lr_decay", positive=True)
+        if self.lr_decay > 1:
+            raise ParameterError("lr_decay", f"must be in (0, 1], got {self.lr_decay!r}")
+        check.boolean("bf16")
 
     @property
     def learning_rate(self) -> float:
         return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
 
 
-
-# Settings that may change on --resume; any other change would not continue the same run.
+# Settings that may change on resume: how long to go on and how often to report; any other change
+# would not continue the same run.
 RESUMABLE_CHANGES = {"epochs", "max_minutes", "device", "eval_every", "checkpoint_every", "log_every", "early_stop"}
 
-Callback = Callable[[str, dict[str, Any]], None]
+
+class Task(ABC):
+    """What the loop needs of a task. Batches are indexed, so that a resumed epoch starts at the
+    batch it stopped before; a task that draws its batches at random keeps its generator in
+    `state_dict`, which the loop saves with every checkpoint."""
+
+    @abstractmethod
+    def batches(self, device: torch.device) -> Sequence[Any]:
+        """One epoch's batches, on `device`; batches[i] is the i-th."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Any, state: Any) -> tuple[Tensor, Any]:
+        """The mean loss of a batch (a scalar tensor) and the state to carry to the next batch
+        (None for a task that carries none)."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Validation figures of the model (in eval mode, without gradients); "loss" decides
+        which model is the best."""
+
+    def start_state(self, model: nn.Module) -> Any:
+        """The state at the start of every epoch (the language model's zero state)."""
+        return None
+
+    def count(self, batch: Any) -> int:
+        """Tokens (or examples) in a batch, for the throughput the progress shows."""
+        return 0
+
+    def on_best(self, model: nn.Module) -> None:
+        """Called (in eval mode) on a model that did best so far, before it is saved."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Draws(Sequence):
+    """`n` batches, the i-th made by draw(i) when asked for: the batches of a task that draws a
+    fresh random one every step (its generator belongs in the task's `state_dict`)."""
+
+    def __init__(self, n: int, draw: Callable[[int], Any]) -> None:
+        self.n, self.draw = n, draw
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.draw(i)
+
+
+class Asset(Protocol):
+    """What a model directory keeps beside the weights (a tokenizer), as JSON; resuming compares
+    it with the file saved."""
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class LoopState:
+    """Where a run stands; saved with every checkpoint."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # epochs finished
+    batch: int = 0  # the next batch of the current epoch
+    best: float = math.inf  # the best validation loss
+    bad: int = 0  # evaluations since the best
+    elapsed: float = 0.0  # seconds of training
+    history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation's record
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoopState:
+        if "window" in data:  # written by rnnkit 0.1's language-model trainer
+            data = {**data, "batch": data["window"]}
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RnnkitError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name)
+    """The device "auto" (cuda when present) or `name` stands for; ParameterError if it is not here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError) as error:
+        raise ParameterError("device", f"{name!r} is not available here: {str(error).splitlines()[0]}") from None
+    return device
 
 
-@torch.no_grad()
-def evaluate(model: RNNLanguageModel, ids: Any, batch_size: int = 10, bptt: int = 35, device: Any = None) -> dict[str, float]:
-    """Mean cross-entropy over `ids` (state carried through), as loss (nats per token), perplexity and tokens."""
-    was_training = model.training
-    model.eval()
-    device = device or next(model.parameters()).device
-    if len(ids) < 2:
-        raise RnnkitError(f"the evaluation text has {len(ids)} token(s); it needs at least 2")
-    bptt = min(bptt, len(ids) - 1)
-    batch_size = max(1, min(batch_size, len(ids) // (bptt + 1)))  # short texts: fewer streams
-    batches = BPTTBatches(ids, batch_size, bptt, device, name="evaluation text")
-    state = model.init_state(batches.batch_size)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    for x, y in batches:
-        loss, state = model.loss(x, y, state)
-        total += loss.double() * y.numel()
-        count += y.numel()
-    model.train(was_training)
-    loss = total.item() / count
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
-
-
-def _make_optimizer(model: RNNLanguageModel, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = model.parameters()
     lr, wd = config.learning_rate, config.weight_decay
     if config.optimizer == "sgd":
@@ -133,8 +216,21 @@ def _make_optimizer(model: RNNLanguageModel, config: TrainConfig) -> torch.optim
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if config.schedule == "exponential":
+        # during epoch i: lr_0 * lr_decay ** max(0, i + 1 - decay_start); stepped at each epoch's end
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda i: config.lr_decay ** max(0, i + 1 - config.decay_start)
+        )
+    if config.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.lr_decay, patience=config.patience)
+    return None
+
+
 @contextlib.contextmanager
-def _averaged_weights(model: RNNLanguageModel, optimizer: torch.optim.Optimizer) -> Iterator[None]:
+def averaged_weights(model: nn.Module, optimizer: torch.optim.Optimizer) -> Iterator[None]:
     """With ASGD, evaluate (and keep as best) the averaged weights, then put the live ones back."""
     if not isinstance(optimizer, torch.optim.ASGD):
         yield
@@ -152,6 +248,18 @@ def _averaged_weights(model: RNNLanguageModel, optimizer: torch.optim.Optimizer)
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode and without gradients for the block, then back as it was."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
 def _stop_on_sigint() -> Iterator[threading.Event]:
     """Turn Ctrl-C into a flag the loop checks between steps, so a step is never cut in half."""
     stop = threading.Event()
@@ -165,65 +273,73 @@ def _stop_on_sigint() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _check_resume(directory: Path, model_config: LMConfig, config: TrainConfig, corpus: Corpus) -> None:
+def _finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def check_resume(directory: Path, model: nn.Module, config: TrainConfig, assets: Mapping[str, Asset]) -> None:
+    """RnnkitError unless the run saved in `directory` is this one: the same model config and
+    assets, and the same training settings but for RESUMABLE_CHANGES."""
     saved = ckpt.read_config(directory)
+    if saved["kind"] != model.kind:
+        raise RnnkitError(f"{directory} holds a {saved['kind']!r} model, not {model.kind!r}")
     # through the config classes, so that fields added since the run was saved take their defaults
     try:
-        saved_model = LMConfig.from_dict(saved["model"]).to_dict()
-        saved_train = TrainConfig.from_dict(saved.get("train", {})).to_dict()
+        saved_model = type(model.config).from_dict(saved["model"]).to_dict()
+        saved_train = type(config).from_dict(saved.get("train", {})).to_dict()
     except (TypeError, ValueError) as e:
         raise RnnkitError(f"{directory / ckpt.CONFIG}: {e}") from None
-    if saved_model != model_config.to_dict():
-        changed = sorted(k for k in saved_model if saved_model[k] != model_config.to_dict()[k])
-        raise RnnkitError(f"--resume with another model config (changed: {', '.join(changed)}) in {directory}")
-    old = ckpt.load_tokenizer(directory / ckpt.TOKENIZER)
-    if old.fingerprint() != corpus.tokenizer.fingerprint():
-        raise RnnkitError(f"--resume with another tokenizer than the one saved in {directory}")
+    now = model.config.to_dict()
+    if saved_model != now:
+        changed = sorted(k for k in saved_model if saved_model[k] != now[k])
+        raise RnnkitError(f"resume with another model config (changed: {', '.join(changed)}) in {directory}")
+    for name, asset in assets.items():
+        if read_json(directory / name, f"the saved {name}") != asset.to_json():
+            raise RnnkitError(f"resume with another {Path(name).stem} than the one saved in {directory}")
     changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved_train[k] != v)
     if changed:
-        raise RnnkitError(f"--resume with other training settings ({', '.join(changed)}) than the run in {directory}")
+        raise RnnkitError(f"resume with other training settings ({', '.join(changed)}) than the run in {directory}")
 
 
-def train(
-    directory: str | Path,
-    corpus: Corpus,
-    model_config: LMConfig,
+def fit(
+    model: nn.Module,
+    task: Task,
     config: TrainConfig,
+    directory: str | Path | None = None,
+    *,
+    assets: Mapping[str, Asset] | None = None,
     resume: bool = False,
-    callback: Callback | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Train a language model on `corpus` into the model directory; return a summary.
+    """Train `model` on `task`; return a summary.
+
+    With `directory`, the model directory the run writes: the best model with its config and
+    `assets` (file name -> Asset, e.g. {"tokenizer.json": tokenizer}), metrics.jsonl, and the
+    trainer state that `resume=True` continues from. The model needs `kind` and `config` (a
+    JSONConfig) to be saved. Without one, nothing is written and the model ends with its last
+    weights.
 
     The summary holds "steps", "epochs_done", "best_valid" (loss), "stopped" ("done",
-    "early_stop", "time_budget" or "interrupted") and "history" (every evaluation).
+    "early_stop", "time_budget" or "interrupted"), "history" (every evaluation) and "device".
     """
-    directory = Path(directory)
-    report = callback or (lambda event, info: None)
+    assets = dict(assets or {})
+    directory = None if directory is None else Path(directory)
     device = resolve_device(config.device)
-    if resume:
-        _check_resume(directory, model_config, config, corpus)
-    elif (directory / ckpt.CONFIG).exists():
-        raise RnnkitError(f"{directory} already holds a model: use --resume to continue it, or another --out")
-    torch.manual_seed(config.seed)
-    model = RNNLanguageModel(model_config)
-    batches = BPTTBatches(corpus.train, config.batch_size, config.bptt, device, name="training split")
-    optimizer = _make_optimizer(model.to(device), config)
-    total_steps = config.epochs * len(batches)
-    if config.schedule == "cosine":
-        scheduler: Any = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    elif config.schedule == "exponential":
-        # during epoch i: lr_0 * lr_decay ** max(0, i + 1 - decay_start); stepped at each epoch's end
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: config.lr_decay ** max(0, i + 1 - config.decay_start)
-        )
-    elif config.schedule == "plateau":
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config.lr_decay, patience=config.patience)
-    else:
-        scheduler = None
-    train_dict = config.to_dict()
-    st: dict[str, Any] = {"step": 0, "epoch": 0, "window": 0, "best": math.inf, "bad": 0, "elapsed": 0.0, "history": []}
-    hidden: Any = None
-    if resume and (directory / ckpt.STATE_DIR / "state.json").exists():
+    if directory is not None:
+        if resume:
+            check_resume(directory, model, config, assets)
+        elif (directory / ckpt.CONFIG).exists():
+            raise RnnkitError(f"{directory} already holds a model: resume it, or write to another directory")
+        callbacks = [MetricsFile(directory), *callbacks]
+    model.to(device)
+    batches = task.batches(device)
+    per_epoch = len(batches)
+    total_steps = config.epochs * -(-per_epoch // config.accumulate)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_schedule(optimizer, config, total_steps)
+    st = LoopState()
+    carry: Any = None
+    if resume and directory is not None and ckpt.has_trainer_state(directory):
         saved = ckpt.load_trainer_state(directory, model)
         optimizer.load_state_dict(saved["optimizer"])
         if scheduler is not None:
@@ -231,115 +347,139 @@ def train(
         torch.set_rng_state(saved["rng"])
         if device.type == "cuda" and "cuda_rng" in saved:
             torch.cuda.set_rng_state(saved["cuda_rng"])
-        hidden = saved["hidden"]
-        if hidden is not None:
-            hidden = tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
-        st = saved["trainer"]
-    elif not resume:
-        ckpt.save_model(directory, model, corpus.tokenizer, train_dict)
+        task.load_state_dict(saved.get("task", {}))
+        carry = saved.get("carry", saved.get("hidden"))  # "hidden": rnnkit 0.1
+        if carry is not None:
+            carry = tuple(c.to(device) for c in carry) if isinstance(carry, tuple) else carry.to(device)
+        st = LoopState.from_dict(saved.get("loop", saved.get("trainer", {})))
+    elif directory is not None and not resume:
+        ckpt.save_model(directory, model, assets, config)
+
+    def report(event: str, info: dict[str, Any]) -> None:
+        for callback in callbacks:
+            callback(event, info)
 
     def save_state() -> None:
+        if not _finite(model):
+            raise RnnkitError(f"the weights became non-finite by step {st.step}; stopped without saving them, "
+                              f"the last good checkpoint is kept (try a lower lr or clip)")
+        if directory is None:
+            return
         saved = {
-            "trainer": st, "optimizer": optimizer.state_dict(),
+            "loop": dataclasses.asdict(st), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": torch.get_rng_state(), "hidden": hidden,
+            "rng": torch.get_rng_state(), "carry": carry, "task": task.state_dict(),
         }
         if device.type == "cuda":
             saved["cuda_rng"] = torch.cuda.get_rng_state()
-        ckpt.save_trainer_state(directory, model, st["step"], saved)
+        ckpt.save_trainer_state(directory, model, st.step, saved)
 
     def run_eval() -> bool:
-        """Evaluate on validation, keep the best model, step the plateau schedule; True to stop early."""
-        with _averaged_weights(model, optimizer):
-            metrics = evaluate(model, corpus.valid, config.eval_batch_size, config.bptt, device)
-            improved = metrics["loss"] < st["best"]
+        """Evaluate, keep the best model, step the plateau schedule; True to stop early."""
+        with averaged_weights(model, optimizer), eval_mode(model):
+            metrics = task.evaluate(model)
+            improved = math.isfinite(metrics["loss"]) and metrics["loss"] < st.best and _finite(model)
             if improved:
-                st["best"], st["bad"] = metrics["loss"], 0
-                model.calibrate_start_state(corpus.valid, line_end_id(corpus.tokenizer))
-                ckpt.save_model(directory, model, corpus.tokenizer, train_dict)
+                st.best, st.bad = metrics["loss"], 0
+                task.on_best(model)
+                if directory is not None:
+                    ckpt.save_model(directory, model, assets, config)
             else:
-                st["bad"] += 1
+                st.bad += 1
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(metrics["loss"])
         record = {
-            "step": st["step"], "epoch": st["epoch"] + st["window"] / len(batches),
-            "valid_loss": metrics["loss"], "valid_perplexity": metrics["perplexity"],
-            "lr": optimizer.param_groups[0]["lr"], "elapsed_s": st["elapsed"], "best": improved,
+            "step": st.step, "epoch": st.epoch + st.batch / per_epoch,
+            **{f"valid_{k}": v for k, v in metrics.items()},
+            "lr": optimizer.param_groups[0]["lr"], "elapsed_s": st.elapsed, "best": improved,
         }
-        st["history"].append(record)
-        append_jsonl(directory / ckpt.METRICS, record)
+        st.history.append(record)
         report("eval", record)
-        return config.early_stop is not None and st["bad"] >= config.early_stop
+        return config.early_stop is not None and st.bad >= config.early_stop
+
+    def evaluated_now() -> bool:
+        return bool(st.history) and st.history[-1]["step"] == st.step
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
-    report("start", {"steps": total_steps, "step": st["step"], "windows": len(batches), "device": str(device)})
+    report("start", {"steps": total_steps, "step": st.step, "batches": per_epoch, "device": str(device)})
     model.train()
-    stopped, started = "done", time.perf_counter() - st["elapsed"]
+    stopped, started = "done", time.perf_counter() - st.elapsed
     # the last log_every losses, kept on the device: no host sync per step, and one buffer rather
     # than a list of small tensors, which fragmented the CPU heap (peak memory 1.5x the plain loop's)
-    losses = torch.empty(config.log_every, device=device)
-    logged = 0
+    losses = torch.empty(config.log_every * config.accumulate, device=device)
+    logged = 0  # losses in the buffer
     tokens_since, clock = 0, time.perf_counter()
+
+    def check_losses(final: bool) -> None:
+        """One host sync: stop at a non-finite loss; every log_every steps, report progress."""
+        nonlocal logged, tokens_since, clock
+        if not logged:
+            return
+        values = losses[:logged].cpu()
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            step = st.step - (logged - int(bad[0]) - 1) // config.accumulate
+            raise RnnkitError(
+                f"the loss became {values[int(bad[0])].item()} at step {step}; stopped, the last good "
+                f"checkpoint{f' in {directory}' if directory else ''} is kept (try a lower lr or clip)"
+            )
+        if logged == len(losses) or final:
+            now = time.perf_counter()
+            report("step", {
+                "step": st.step, "epoch": st.epoch, "loss": values.mean().item(), "lr": optimizer.param_groups[0]["lr"],
+                "tokens_per_s": tokens_since / max(now - clock, 1e-9),
+            })
+            logged, tokens_since, clock = 0, 0, now
+
     with _stop_on_sigint() as interrupted:
-        while st["epoch"] < config.epochs and stopped == "done":
-            if hidden is None:
-                hidden = model.init_state(config.batch_size)
-            for i in range(st["window"], len(batches)):
-                x, y = batches.window(i)
-                hidden = detach_state(hidden)
-                optimizer.zero_grad(set_to_none=True)
+        while st.epoch < config.epochs and stopped == "done":
+            if carry is None:
+                carry = task.start_state(model)
+            optimizer.zero_grad(set_to_none=True)
+            for i in range(st.batch, per_epoch):
+                batch = batches[i]
+                carry = detach_state(carry)
                 with autocast:
-                    loss, hidden = model.loss(x, y, hidden)
-                loss.backward()
-                if config.clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+                    loss, carry = task.loss(model, batch, carry)
+                (loss / config.accumulate if config.accumulate > 1 else loss).backward()
                 losses[logged].copy_(loss.detach())
                 logged += 1
-                if logged == config.log_every or i == len(batches) - 1:
-                    # one host sync per report, not per step; a non-finite loss is found here
-                    values = losses[:logged].cpu()
-                    bad = (~torch.isfinite(values)).nonzero()
-                    if len(bad):
-                        step = st["step"] + int(bad[0]) + 2 - logged
-                        raise RnnkitError(
-                            f"the loss became {values[int(bad[0])].item()} at step {step}; stopped, "
-                            f"the last good checkpoint in {directory} is kept (try a lower --lr or --clip)"
-                        )
-                    now = time.perf_counter()
-                    tokens_since += y.numel()
-                    report("step", {
-                        "step": st["step"] + 1, "epoch": st["epoch"], "loss": values.mean().item(),
-                        "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": tokens_since / max(now - clock, 1e-9),
-                    })
-                    logged, tokens_since, clock = 0, 0, now
-                else:
-                    tokens_since += y.numel()
+                tokens_since += task.count(batch)
+                st.batch = i + 1
+                if st.batch % config.accumulate and st.batch < per_epoch:
+                    continue  # gradients add up until the next step
+                if config.clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), config.clip)
                 optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
                 if config.schedule == "cosine":
                     scheduler.step()
-                st["step"] += 1
-                st["window"] = i + 1
-                st["elapsed"] = time.perf_counter() - started
-                out_of_time = config.max_minutes is not None and st["elapsed"] >= 60 * config.max_minutes
-                if config.eval_every and st["step"] % config.eval_every == 0 and run_eval():
+                st.step += 1
+                st.elapsed = time.perf_counter() - started
+                if logged == len(losses) or st.batch == per_epoch:
+                    check_losses(final=st.batch == per_epoch)
+                out_of_time = config.max_minutes is not None and st.elapsed >= 60 * config.max_minutes
+                if config.eval_every and st.step % config.eval_every == 0 and run_eval():
                     stopped = "early_stop"
                 if stopped != "done" or out_of_time or interrupted.is_set():
                     stopped = "time_budget" if out_of_time else "interrupted" if interrupted.is_set() else stopped
                     break
-                if config.checkpoint_every and st["step"] % config.checkpoint_every == 0:
+                if config.checkpoint_every and st.step % config.checkpoint_every == 0:
+                    check_losses(final=False)
                     save_state()
             else:
-                st["epoch"], st["window"], hidden = st["epoch"] + 1, 0, None
+                st.epoch, st.batch, carry = st.epoch + 1, 0, None
                 if config.schedule == "exponential":
                     scheduler.step()
-                if run_eval():
+                if not evaluated_now() and run_eval():
                     stopped = "early_stop"
+            check_losses(final=True)
             save_state()
-    if stopped == "time_budget" and not (st["history"] and st["history"][-1]["step"] == st["step"]):
+    if stopped == "time_budget" and not evaluated_now():
         run_eval()
         save_state()
-    report("end", {"stopped": stopped, "step": st["step"]})
+    report("end", {"stopped": stopped, "step": st.step})
     return {
-        "steps": st["step"], "epochs_done": st["epoch"], "best_valid": st["best"],
-        "stopped": stopped, "history": st["history"], "device": str(device),
+        "steps": st.step, "epochs_done": st.epoch, "best_valid": st.best,
+        "stopped": stopped, "history": st.history, "device": str(device),
     }

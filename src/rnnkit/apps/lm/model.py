@@ -1,6 +1,11 @@
 """The recurrent language model: embedding -> Recurrent -> dropout -> output layer V.
 
     token ids (T, B) -> E x_t (T, B, E) -> S_t (T, B, H) -> O_t = V S_t + c (T, B, V) -> softmax
+
+It follows the decoding protocol (`step`, `reorder_state`; see `rnnkit.decoding`), so sampling and
+beam search run on it as on any model that writes tokens. A model in use is shared read-only:
+nothing here switches it between training and evaluation, which is the caller's (the training
+loop's, or `load_model`'s, which returns it in eval mode) to do once.
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ...nn.cells import State
-from ...configs import JSONConfig
+from ...configs import FieldChecks, JSONConfig
+from ...errors import ParameterError
+from ...nn.cells import State, cell_class
 from ...nn.recurrent import Recurrent
 
 
@@ -25,7 +31,7 @@ class LMConfig(JSONConfig):
     what: ClassVar[str] = "model config"
 
     vocab_size: int  # V, from the tokenizer
-    cell: str = "lstm"  # "elman", "lstm" or "gru"
+    cell: str = "lstm"  # "elman", "lstm", "gru", or a cell registered by the user
     hidden_size: int = 256  # H
     embedding_size: int | None = None  # E; None: H (required equal to H by tie_weights)
     num_layers: int = 2  # L
@@ -39,21 +45,32 @@ class LMConfig(JSONConfig):
     tie_weights: bool = False  # V = embedding matrix (Press & Wolf 2017)
 
     def __post_init__(self) -> None:
-        if self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be at least 2, got {self.vocab_size}")
-        if self.tie_weights and self.embedding_size not in (None, self.hidden_size):
-            raise ValueError(
-                f"tie_weights needs embedding_size == hidden_size, got {self.embedding_size} and {self.hidden_size}"
-            )
+        check = FieldChecks(self)
+        check.integer("vocab_size", minimum=2)
+        cell_class(self.cell)
+        for name in ("hidden_size", "num_layers"):
+            check.integer(name, minimum=1)
+        check.integer("embedding_size", minimum=1, optional=True)
+        check.choice("nonlinearity", ("tanh", "relu"))
         for name in ("dropout", "dropout_input", "dropout_embedding", "weight_drop"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
+            check.fraction(name)
+        check.fraction("dropout_hidden", optional=True)
+        check.boolean("variational")
+        check.boolean("tie_weights")
+        if self.tie_weights and self.embedding_size not in (None, self.hidden_size):
+            raise ParameterError(
+                "tie_weights", f"needs embedding_size == hidden_size, got {self.embedding_size} and {self.hidden_size}"
+            )
 
     @property
     def input_size(self) -> int:
         return self.embedding_size or self.hidden_size
 
+
+def require_eval(model: nn.Module) -> None:
+    """Using a model never switches its mode (it may be shared between threads): ask for eval."""
+    if model.training:
+        raise ValueError(f"{type(model).__name__} is in training mode (dropout on): call model.eval() once before using it")
 
 
 class RNNLanguageModel(nn.Module):
@@ -62,6 +79,8 @@ class RNNLanguageModel(nn.Module):
     forward(ids (T, B), state) -> (logits (T, B, V), state). The state carries the memory from one
     window of text to the next (truncated backpropagation through time).
     """
+
+    kind: ClassVar[str] = "lm"  # config.json's "kind"
 
     def __init__(self, config: LMConfig) -> None:
         super().__init__()
@@ -98,24 +117,22 @@ class RNNLanguageModel(nn.Module):
     @torch.no_grad()
     def calibrate_start_state(self, ids: Any, line_end: int, lines: int = 64, context: int = 40) -> None:
         """Set the start state to the mean state after up to `lines` line ends of `ids`, each
-        reached by reading the `context` tokens before it from the zero state."""
+        reached by reading the `context` tokens before it from the zero state (in eval mode)."""
+        require_eval(self)
         ids = torch.as_tensor(np.asarray(ids[: 200 * context * lines], dtype=np.int64))
         ends = (ids == line_end).nonzero().flatten()
         ends = ends[ends >= context][:lines]
         if len(ends) == 0:
             return
-        was_training = self.training
-        self.eval()
         windows = torch.stack([ids[e - context + 1 : e + 1] for e in ends.tolist()], dim=1)  # (context, N)
         _, state = self(windows.to(self.start.device))
         parts = state if isinstance(state, tuple) else (state,)
         self.start.copy_(torch.stack([p.mean(dim=1) for p in parts]))  # (S, L, H)
-        self.train(was_training)
 
     def _dropout(self, x: Tensor, p: float) -> Tensor:
         if not self.training or p == 0:
             return x
-        if not self.config.variational:
+        if not self.config.variational or x.dim() < 3:  # one step: a fresh mask is a locked one
             return F.dropout(x, p, True)
         keep = 1.0 - p
         return x * x.new_empty(1, *x.shape[1:]).bernoulli_(keep).div_(keep)  # one mask over T
@@ -129,14 +146,44 @@ class RNNLanguageModel(nn.Module):
             weight = weight * keep  # a dropped word is dropped at every position of the batch
         return self._dropout(F.embedding(ids, weight), self.config.dropout_input)
 
-    def forward(self, ids: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        return self.forward_embedded(self.embed(ids), state)
+    def forward(
+        self, ids: Tensor, state: State | None = None, lengths: Tensor | None = None, last_only: bool = False
+    ) -> tuple[Tensor, State]:
+        """Logits (T, B, V) for token ids (T, B), and the state after them.
 
-    def forward_embedded(self, inputs: Tensor, state: State | None = None) -> tuple[Tensor, State]:
-        """The model from embedded inputs (T, B, E) on: logits (T, B, V) and the state. Used where
-        the inputs themselves need a gradient (attribution)."""
-        hidden, state = self.rnn(inputs, state)  # (T, B, H)
-        return self.head(self._dropout(hidden, self.config.dropout)), state  # (T, B, V)
+        lengths (B,): sequences padded after their ends; the state is each one's after its own
+        last token. last_only: the logits of each sequence's last token alone, (B, V): the
+        output layer, an (H, V) product, runs once per sequence instead of once per token.
+        """
+        return self.forward_embedded(self.embed(ids), state, lengths, last_only)
+
+    def forward_embedded(
+        self, inputs: Tensor, state: State | None = None, lengths: Tensor | None = None, last_only: bool = False
+    ) -> tuple[Tensor, State]:
+        """`forward` from embedded inputs (T, B, E) on; used where the inputs themselves need a
+        gradient (attribution)."""
+        hidden, state = self.rnn(inputs, state, lengths)  # (T, B, H)
+        if last_only:
+            hidden = hidden[-1] if lengths is None else hidden[lengths - 1, torch.arange(hidden.shape[1])]  # (B, H)
+        return self.head(self._dropout(hidden, self.config.dropout)), state  # (T, B, V) or (B, V)
+
+    def step(self, tokens: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token for each of B sequences, (B,), -> log-probabilities of the next (B, V) and
+        the state: the decoding protocol's step."""
+        x = self.embed(tokens[None])[0]  # (B, E)
+        if x.is_cuda:
+            hidden, state = self.rnn(x[None], state)  # the fused kernel
+            hidden = hidden[0]
+        else:
+            hidden, state = self.rnn.step(x, state)  # (B, H); faster than oneDNN's kernel for one step
+        return F.log_softmax(self.head(self._dropout(hidden, self.config.dropout)).float(), dim=-1), state
+
+    @staticmethod
+    def reorder_state(state: State, index: Tensor) -> State:
+        """The state of sequences index[0], index[1], ...: (L, M, H) each."""
+        if isinstance(state, tuple):
+            return tuple(s.index_select(1, index) for s in state)
+        return state.index_select(1, index)
 
     def loss(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Mean cross-entropy (nats per token) of predicting targets (T, B) from ids (T, B)."""

@@ -194,6 +194,14 @@ def write_corpus(
     return path
 
 
+def default_corpus(folder: str | os.PathLike[str], sentences: int = DEFAULT_SENTENCES) -> Path:
+    """FOLDER/household.txt, written once: the corpus `rnnkit train` and the demo use when given none."""
+    path = Path(folder) / "household.txt"
+    if not path.exists():
+        write_corpus(path, sentences)
+    return path
+
+
 def parse(sentence: str) -> Sample:
     """Recover cue, device and distance from a household sentence (the frame "i <verb> the
     <object> ... and [then] <turned on> the <device>"; the words between are not checked)."""

@@ -20,6 +20,8 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,13 +29,17 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
 
-from ...diagnostics.plots import CELL_COLORS
 from ...apps.lm.model import LMConfig, RNNLanguageModel
 from ...data import WordTokenizer, train_tokenizer_from_text
+from ...diagnostics.plots import CELL_COLORS
+from ...io import save_figure, write_csv, write_json
+from ...training.loop import Draws, Task, TrainConfig, eval_mode, fit
 from . import corpus as household
 
 MODELS = ("elman", "lstm", "gru", "window")
+FILES = ("memory.json", "memory.csv", "memory.png")
 DEFAULT_BUCKETS = (4, 5, 10, 20, 30)  # 4 (the shortest distance), 5-9, 10-19, 20-29, 30-39
 IGNORE = -100  # cross-entropy's ignore_index, for the padding after a sentence's end
 
@@ -148,20 +154,13 @@ def make_data(config: MemoryConfig) -> MemoryData:
     prompts = [[eos, *tokenizer.encode(s.prompt, add_eos=False)] for s in test]
     return MemoryData(
         tokenizer=tokenizer,
-        train=_pad(sentences, IGNORE),
-        prompts=_pad(prompts, eos),
+        train=pad_sequence([torch.tensor(r) for r in sentences], batch_first=True, padding_value=IGNORE),
+        prompts=pad_sequence([torch.tensor(p) for p in prompts], batch_first=True, padding_value=eos),
         prompt_lengths=torch.tensor([len(p) for p in prompts]),
         targets=torch.tensor([tokenizer.id(s.target) for s in test]),
         distances=torch.tensor([s.distance for s in test]),
         chance=1.0 / len(household.DEVICES),
     )
-
-
-def _pad(rows: Sequence[Sequence[int]], value: int) -> Tensor:
-    out = torch.full((len(rows), max(map(len, rows))), value, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row)
-    return out
 
 
 def make_model(name: str, vocab_size: int, config: MemoryConfig, pad: int) -> nn.Module:
@@ -174,47 +173,77 @@ def make_model(name: str, vocab_size: int, config: MemoryConfig, pad: int) -> nn
                                      embedding_size=config.embedding_size, num_layers=1))
 
 
+class HouseholdTask(Task):
+    """Next-token cross-entropy on random batches of whole sentences, each read from the zero
+    state (one "epoch" of `config.steps` batches); validated on the blank of the test prompts."""
+
+    def __init__(self, data: MemoryData, config: MemoryConfig) -> None:
+        self.data, self.config = data, config
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def batches(self, device: torch.device) -> Sequence[tuple[Tensor, Tensor]]:
+        return Draws(self.config.steps, self._draw)
+
+    def _draw(self, i: int) -> tuple[Tensor, Tensor]:
+        rows = self.data.train[torch.randint(len(self.data.train), (self.config.batch_size,), generator=self.generator)]
+        rows = rows[:, : int((rows != IGNORE).sum(1).max())].T  # (L + 1, B), time first
+        return rows[:-1].clamp(min=0), rows[1:]  # the padding read as ids is never scored
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor], state: Any) -> tuple[Tensor, None]:
+        x, y = batch
+        logits, _ = model(x)  # (L, B, V)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE), None
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        logits = blank_logits(model, self.data)
+        return {"loss": float(F.cross_entropy(logits, self.data.targets)),
+                "accuracy": float((logits.argmax(-1) == self.data.targets).float().mean())}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
 def train_model(
     model: nn.Module, data: MemoryData, config: MemoryConfig, progress: Callable[[int], None] | None = None
 ) -> list[float]:
-    """`config.steps` AdamW steps of next-token cross-entropy on random batches of whole
-    sentences, each read from the zero state; returns the mean loss of every 50 steps."""
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
-    model.train()
-    losses, window = [], []
-    for step in range(config.steps):
-        rows = data.train[torch.randint(len(data.train), (config.batch_size,), generator=generator)]
-        rows = rows[:, : int((rows != IGNORE).sum(1).max())].T  # (L + 1, B), time first
-        x, y = rows[:-1].clamp(min=0), rows[1:]  # the padding read as ids is never scored
-        logits, _ = model(x)  # (L, B, V)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-        optimizer.step()
-        window.append(loss.detach())
-        if len(window) == 50 or step == config.steps - 1:
-            losses.append(float(torch.stack(window).mean()))
-            window = []
-        if progress is not None:
-            progress(1)
+    """`config.steps` AdamW steps (PyTorch's default weight decay, 0.01) of the `HouseholdTask` on the
+    training loop; returns the mean loss of every 50 steps. `progress(steps)` follows it."""
+    losses: list[float] = []
+    done = 0
+
+    def on_event(event: str, info: dict[str, Any]) -> None:
+        nonlocal done
+        if event == "step":
+            losses.append(info["loss"])
+            if progress is not None:
+                progress(info["step"] - done)
+            done = info["step"]
+
+    train = TrainConfig(epochs=1, batch_size=config.batch_size, optimizer="adamw", lr=config.lr, weight_decay=0.01,
+                        clip=config.clip, schedule="none", checkpoint_every=None, log_every=50, device="cpu")
+    fit(model, HouseholdTask(data, config), train, callbacks=[on_event])
     return losses
 
 
 @torch.no_grad()
-def blank_correct(model: nn.Module, data: MemoryData, batch_size: int = 256) -> Tensor:
-    """(M,) bool: whether the most probable next word after each test prompt is its device."""
-    model.eval()
-    correct = []
+def blank_logits(model: nn.Module, data: MemoryData, batch_size: int = 256) -> Tensor:
+    """The model's logits (M, V) for the word after each test prompt, the model run as it is."""
+    logits = []
     for start in range(0, len(data.prompts), batch_size):
         prompts = data.prompts[start : start + batch_size]
         lengths = data.prompt_lengths[start : start + batch_size]
-        logits, _ = model(prompts[:, : int(lengths.max())].T)  # (P, B, V)
+        out, _ = model(prompts[:, : int(lengths.max())].T)  # (P, B, V)
         # a prompt's last position sees only the prompt: the models are causal, padding comes after
-        last = logits[lengths - 1, torch.arange(len(prompts))]  # (B, V)
-        correct.append(last.argmax(-1) == data.targets[start : start + batch_size])
-    return torch.cat(correct)
+        logits.append(out[lengths - 1, torch.arange(len(prompts))])  # (B, V)
+    return torch.cat(logits)
+
+
+def blank_correct(model: nn.Module, data: MemoryData, batch_size: int = 256) -> Tensor:
+    """(M,) bool: whether the most probable next word after each test prompt is its device."""
+    return blank_logits(model, data, batch_size).argmax(-1) == data.targets
 
 
 def measure(
@@ -225,7 +254,8 @@ def measure(
     model = make_model(name, data.tokenizer.vocab_size, config, pad=data.tokenizer.eos_id)
     started = time.perf_counter()
     losses = train_model(model, data, config, progress)
-    correct = blank_correct(model, data).float()
+    with eval_mode(model):
+        correct = blank_correct(model, data).float()
     edges = [*config.buckets, math.inf]
     accuracy, counts = [], []
     for lo, hi in itertools.pairwise(edges):
@@ -258,3 +288,40 @@ def plot_memory(results: Sequence[MemoryResult], chance: float, window: int | No
     ax.legend(fontsize=8, loc="center right")
     ax.grid(alpha=0.3)
     return fig
+
+
+def run_memory(
+    config: MemoryConfig, models: list[str], out: Path, progress: Callable[[str, int], None] | None = None
+) -> dict[str, Any]:
+    """Train and measure every model, write memory.csv, .png and .json into `out`; return the
+    report {"config", "chance", "buckets", "results": [...], "files"}. `progress(model, steps)`
+    follows the training."""
+    data = make_data(config)
+    results = []
+    for name in models:
+        results.append(measure(name, data, config, progress=None if progress is None else partial(progress, name)))
+    report = {
+        "config": asdict(config), "chance": data.chance, "test_sentences": len(data.targets),
+        "buckets": config.bucket_labels(), "results": [r.to_dict() for r in results],
+        "files": {name.split(".")[1]: str(out / name) for name in FILES},
+    }
+    write_csv(out / "memory.csv", ["model", *report["buckets"], "parameters", "seconds"],
+              [[r.model, *("" if a is None else f"{a:.4f}" for a in r.accuracy), r.parameters, f"{r.seconds:.1f}"] for r in results])
+    save_figure(out / "memory.png", plot_memory(results, data.chance, config.window), dpi=100)
+    write_json(out / "memory.json", report)  # last: the demo takes its presence for a finished run
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The accuracy table of a `run_memory` report, as text."""
+    config = report["config"]
+    lines = [
+        (f"accuracy at the blank by words between cue and blank ({report['test_sentences']} test sentences, "
+         f"chance {report['chance']:.1%}; {config['steps']} steps of {config['batch_size']} sentences each)"),
+        f"{'model':<12}" + "".join(f"{b:>8}" for b in report["buckets"]) + f"{'params':>9}{'seconds':>9}",
+    ]
+    for r in report["results"]:
+        name = f"window n={config['window']}" if r["model"] == "window" else r["model"]
+        cells = "".join(f"{'-':>8}" if a is None else f"{a:>8.1%}" for a in r["accuracy"])
+        lines.append(f"{name:<12}{cells}{r['parameters']:>9}{r['seconds']:>9.1f}")
+    return "\n".join(lines)

@@ -4,16 +4,21 @@ A cell maps the input at time t and the previous state to the new hidden state:
 
     h_t, state_t = cell(x_t, state_{t-1})        x_t: (B, E)   h_t: (B, H)
 
-`state` is h for Elman and GRU and the pair (h, c) for LSTM. Every cell also lists its
-parameters in the order PyTorch's fused kernels take them (`flat_weights`: weight_ih,
-weight_hh, bias_ih, bias_hh), so that `Recurrent` can hand the very same tensors to cuDNN.
+`state` is h for Elman and GRU and the pair (h, c) for LSTM. A cell that PyTorch has a fused
+kernel for names it (`mode`) and lists its parameters in the order the kernel takes them
+(`flat_weights`: weight_ih, weight_hh, bias_ih, bias_hh), so that `Recurrent` can hand the very
+same tensors to cuDNN. A cell without one (`mode = None`) runs in `Recurrent`'s step loop.
+
+A new cell is a subclass that sets `has_cell_state` if its state is a pair, and implements
+`forward`; `register_cell` makes it usable by name (see `rnnkit.nn.cells`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import ClassVar, Union
 
+import torch
 from torch import Tensor, nn
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
@@ -22,10 +27,10 @@ State = Union[Tensor, tuple[Tensor, Tensor]]
 class Cell(nn.Module):
     """Base class: sizes, initialisation and the state helpers shared by all cells."""
 
-    #: name of the matching torch.nn module and fused kernel ("RNN_TANH", "LSTM", "GRU", ...)
-    mode: str
-    #: number of gate blocks stacked in U and W (1 for Elman, 4 for LSTM, 3 for GRU)
-    gates: int
+    #: the fused kernel computing this cell ("RNN_TANH", "LSTM", "GRU", ...), None for none
+    mode: str | None = None
+    #: whether the state is a pair (h, c) rather than h alone
+    has_cell_state: ClassVar[bool] = False
 
     def __init__(self, input_size: int, hidden_size: int) -> None:
         super().__init__()
@@ -41,19 +46,15 @@ class Cell(nn.Module):
         for p in self.parameters():
             nn.init.uniform_(p, -bound, bound)
 
-    @property
-    def has_cell_state(self) -> bool:
-        return False
-
     def init_state(self, batch_size: int) -> State:
         """The zero state for a batch: h (B, H), or (h, c) for LSTM."""
-        ref = self.U
-        h = ref.new_zeros(batch_size, self.hidden_size)
+        ref = next(self.parameters(), None)
+        h = torch.zeros(batch_size, self.hidden_size) if ref is None else ref.new_zeros(batch_size, self.hidden_size)
         return (h, h.clone()) if self.has_cell_state else h
 
     def flat_weights(self) -> list[Tensor]:
         """weight_ih, weight_hh, bias_ih, bias_hh: the tensors a fused kernel takes, no copies."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} has no fused kernel")
 
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}"

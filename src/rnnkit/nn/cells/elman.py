@@ -26,8 +26,6 @@ class ElmanCell(Cell):
     Parameters: U (H, E), W (H, H), b (H,).
     """
 
-    gates = 1
-
     def __init__(
         self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", bias: bool = True
     ) -> None:

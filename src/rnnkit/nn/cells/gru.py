@@ -25,7 +25,6 @@ class GRUCell(Cell):
     """
 
     mode = "GRU"
-    gates = 3
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True) -> None:
         super().__init__(input_size, hidden_size)

@@ -31,7 +31,7 @@ class LSTMCell(Cell):
     """
 
     mode = "LSTM"
-    gates = 4
+    has_cell_state = True
 
     def __init__(
         self, input_size: int, hidden_size: int, bias: bool = True, forget_bias: float | None = 1.0
@@ -55,10 +55,6 @@ class LSTMCell(Cell):
     @property
     def bias(self) -> bool:
         return self.b_U is not None
-
-    @property
-    def has_cell_state(self) -> bool:
-        return True
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         self._check(x, state)

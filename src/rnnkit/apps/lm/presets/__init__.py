@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ....errors import RnnkitError
+from ....errors import ParameterError
 
 PRESETS = Path(__file__).resolve().parent
 
@@ -21,5 +21,5 @@ def preset_path(config: Path) -> Path:
     if not config.exists() and config.parent == Path(".") and preset.exists():
         return preset
     if not config.exists():
-        raise RnnkitError(f"--config {config}: no such file, nor a preset (presets: {', '.join(presets())})")
+        raise ParameterError("config", f"{str(config)!r} is neither a file nor a preset (presets: {', '.join(presets())})")
     return config

@@ -1,0 +1,91 @@
+"""Beam search: keep the `beam` likeliest partial sequences at every step.
+
+    step t:   K alive hypotheses x V next tokens -> the 2K best by total log-probability
+              -> those ending in eos (among the best K) are finished, the K best others go on
+
+Without an end token every hypothesis runs `length` steps and the likeliest wins, as a language
+model continuing a prompt wants. With one, a search stops once `beam` hypotheses have finished
+(or at `length`), and they are ranked by score / len ** length_penalty, so that longer
+translations are not punished for their length alone (Wu et al. 2016 use a similar penalty).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import ParameterError
+from .sampling import StepModel
+
+MAX_BEAM = 1024  # a beam wider than this costs memory and time and finds nothing new
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: list[int]  # the continuation, its end token included
+    score: float  # total log-probability
+    normalized: float  # score / len(tokens) ** length_penalty, by which hypotheses are ranked
+
+
+@torch.no_grad()
+def beam_search(
+    model: StepModel,
+    log_probs: Tensor,
+    state: object,
+    length: int,
+    beam: int,
+    eos_id: int | None = None,
+    length_penalty: float = 0.0,
+) -> list[list[Hypothesis]]:
+    """Beam search for each of N contexts, from the log-probabilities (N, V) and state they left.
+
+    Returns, per context, up to `beam` finished hypotheses, best first. The beam is at most the
+    vocabulary V (a wider one would hold every continuation already) and MAX_BEAM.
+    """
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ParameterError("length", f"must be a positive integer, got {length!r}")
+    if isinstance(beam, bool) or not isinstance(beam, int) or not 1 <= beam <= MAX_BEAM:
+        raise ParameterError("beam", f"must be an integer from 1 to {MAX_BEAM}, got {beam!r}")
+    N, V = log_probs.shape
+    K = min(beam, V)
+    device = log_probs.device
+    rows = torch.arange(N, device=device)[:, None]  # (N, 1)
+    scores = torch.zeros(N, 1, device=device, dtype=torch.float64)  # (N, k): k = 1, then K
+    sequences = torch.zeros(N, 1, 0, dtype=torch.long, device=device)  # (N, k, t)
+    finished: list[list[Hypothesis]] = [[] for _ in range(N)]
+
+    def finish(n: int, tokens: Tensor, score: float) -> None:
+        ids = tokens.tolist()
+        normalized = score / len(ids) ** length_penalty if length_penalty else score
+        finished[n].append(Hypothesis(ids, score, normalized))
+
+    for t in range(length):
+        k = scores.shape[1]
+        total = scores[:, :, None] + log_probs.double().view(N, k, V)  # (N, k, V)
+        C = min(K if eos_id is None else 2 * K, k * V)
+        cand_scores, cand = total.view(N, -1).topk(C)  # (N, C), best first
+        parent, token = cand // V, cand % V
+        if eos_id is None:
+            keep = torch.arange(K, device=device).expand(N, K)
+        else:
+            # each parent has one eos among its V candidates, so at least K of the 2K are not eos
+            ends = token == eos_id
+            for n, c in ends[:, :K].nonzero().tolist():
+                if len(finished[n]) < K:
+                    finish(n, torch.cat([sequences[n, parent[n, c]], token[n, c, None]]), float(cand_scores[n, c]))
+            alive = ~ends
+            keep = (alive & (alive.cumsum(1) <= K)).float().argsort(1, descending=True, stable=True)[:, :K]  # (N, K)
+        parent, token, scores = parent.gather(1, keep), token.gather(1, keep), cand_scores.gather(1, keep)
+        sequences = torch.cat([sequences[rows, parent], token[:, :, None]], dim=2)  # (N, K, t + 1)
+        if all(len(f) >= K for f in finished) or t == length - 1:
+            break
+        state = model.reorder_state(state, (parent + rows * k).flatten())
+        log_probs, state = model.step(token.flatten(), state)  # (N K, V)
+    for n in range(N):
+        for j in range(K):
+            if len(finished[n]) >= K and eos_id is not None:
+                break
+            finish(n, sequences[n, j], float(scores[n, j]))
+    return [sorted(f, key=lambda h: -h.normalized)[:K] for f in finished]

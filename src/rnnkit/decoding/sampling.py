@@ -1,0 +1,84 @@
+"""Sampling: draw each next token from the model's distribution, or take the likeliest (greedy)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from ..errors import ParameterError
+
+
+class StepModel(Protocol):
+    """What decoding needs of a model (see the package's docstring)."""
+
+    def step(self, tokens: Tensor, state: Any) -> tuple[Tensor, Any]: ...
+
+    def reorder_state(self, state: Any, index: Tensor) -> Any: ...
+
+
+def check_sampling(length: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """ParameterError for settings `sample` cannot honour."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ParameterError("length", f"must be a positive integer, got {length!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ParameterError("temperature", f"must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ParameterError("top_k", f"must be a positive integer, got {top_k!r}")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ParameterError("top_p", f"must be in (0, 1], got {top_p!r}")
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Keep, in each row of logits (..., V), the top_k tokens and the smallest set of the likeliest
+    whose probability reaches top_p (nucleus sampling, Holtzman et al. 2020); the rest get -inf."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (..., 1)
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        p = sorted_logits.softmax(-1)
+        drop = p.cumsum(-1) - p >= top_p  # tokens after the mass is reached
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), -math.inf)
+    return logits
+
+
+@torch.no_grad()
+def sample(
+    model: StepModel,
+    log_probs: Tensor,
+    state: Any,
+    length: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+) -> Iterator[Tensor]:
+    """Yield the next token of each of N sequences, (N,), `length` times, starting from the
+    log-probabilities (N, V) and the state the context left.
+
+    temperature 0 is greedy decoding; otherwise a token is drawn from softmax(log_probs /
+    temperature) restricted by top_k and top_p. With `eos_id`, a sequence that has written it
+    writes it again at every later step, and the iteration stops once every sequence has.
+    """
+    check_sampling(length, temperature, top_k, top_p)
+    finished = None if eos_id is None else torch.zeros(log_probs.shape[0], dtype=torch.bool, device=log_probs.device)
+    for t in range(length):
+        if temperature == 0:
+            tokens = log_probs.argmax(-1)
+        else:
+            # shifted so the likeliest is 0: any positive temperature, however small, stays finite
+            logits = (log_probs.double() - log_probs.double().amax(-1, keepdim=True)) / temperature
+            probs = filter_logits(logits, top_k, top_p).softmax(-1)
+            tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]  # (N,)
+        if finished is not None:
+            tokens = tokens.masked_fill(finished, eos_id)
+            finished |= tokens == eos_id
+        yield tokens
+        if t == length - 1 or (finished is not None and bool(finished.all())):
+            return
+        log_probs, state = model.step(tokens, state)

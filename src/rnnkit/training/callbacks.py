@@ -1,0 +1,69 @@
+"""What people watch while a run trains, as callbacks of the loop.
+
+A callback is any callable `callback(event, info)`; the loop calls it with
+
+    "start"  {"steps", "step", "batches", "device"}            before the first step
+    "step"   {"step", "epoch", "loss", "lr", "tokens_per_s"}   every log_every steps
+    "eval"   {"step", "epoch", "valid_loss", ..., "lr", "elapsed_s", "best"}
+    "end"    {"stopped", "step"}
+
+so that another view of a run (TensorBoard, a dashboard) plugs in without touching the loop.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..io import append_jsonl
+
+Callback = Callable[[str, dict[str, Any]], None]
+
+METRICS = "metrics.jsonl"
+
+
+class MetricsFile:
+    """Appends every evaluation to DIR/metrics.jsonl, one JSON object a line."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.path = Path(directory) / METRICS
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "eval":
+            append_jsonl(self.path, info)
+
+
+class ProgressBar:
+    """A tqdm bar over the training steps, with loss, perplexity and tokens/s; tqdm shows the time
+    left. Evaluations print a line above it. Everything goes to stderr."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        from tqdm import tqdm
+
+        if event == "start":
+            self.bar = tqdm(total=info["steps"], initial=info["step"], unit="step", dynamic_ncols=True, file=sys.stderr)
+            self.bar.write(f"training on {info['device']}, {info['batches']} batches per epoch", file=sys.stderr)
+        elif event == "step" and self.bar is not None:
+            self.bar.update(info["step"] - self.bar.n)
+            postfix = {"epoch": info["epoch"] + 1, "loss": f"{info['loss']:.3f}",
+                       "ppl": f"{math.exp(min(info['loss'], 50)):.1f}"}
+            if info["tokens_per_s"]:
+                postfix["tok_s"] = f"{info['tokens_per_s']:.0f}"
+            self.bar.set_postfix(postfix | {"lr": f"{info['lr']:.3g}"})
+        elif event == "eval" and self.bar is not None:
+            figure = (f"valid perplexity {info['valid_perplexity']:.2f}" if "valid_perplexity" in info
+                      else f"valid loss {info['valid_loss']:.4f}")
+            self.bar.write(f"step {info['step']}: {figure}" + (" (best, saved)" if info["best"] else ""), file=sys.stderr)
+        elif event == "end":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
