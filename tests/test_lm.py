@@ -41,20 +41,38 @@ def test_tied_weights_share_one_matrix():
         LMConfig(vocab_size=50, hidden_size=16, embedding_size=8, tie_weights=True)
 
 
-def test_dropout_options_act_in_training_only():
-    config = LMConfig(
-        vocab_size=40, hidden_size=16, num_layers=2, dropout=0.3, dropout_input=0.2,
-        dropout_embedding=0.1, variational=True, weight_drop=0.3,
-    )
-    model = RNNLanguageModel(config)
-    ids = torch.randint(0, 40, (10, 3))
-    model.eval()
-    torch.testing.assert_close(model(ids)[0], model(ids)[0])
-    model.train()
+@pytest.mark.parametrize("option", [
+    {"dropout": 0.3}, {"dropout_input": 0.3}, {"dropout_embedding": 0.3}, {"weight_drop": 0.3},
+    {"dropout": 0.3, "variational": True}, {"dropout_hidden": 0.3},
+])
+def test_each_dropout_option_acts_in_training_and_only_there(option):
     torch.manual_seed(0)
-    a = model(ids)[0]
+    plain = RNNLanguageModel(LMConfig(vocab_size=40, hidden_size=16, num_layers=2)).eval()
+    model = RNNLanguageModel(LMConfig(vocab_size=40, hidden_size=16, num_layers=2, **option))
+    model.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, 40, (10, 3))
+    expected, _ = plain(ids)
+    model.eval()
+    torch.testing.assert_close(model(ids)[0], expected, rtol=0, atol=0)  # nothing dropped in eval mode
+    model.train()
     torch.manual_seed(1)
-    assert not torch.allclose(a, model(ids)[0])
+    dropped, _ = model(ids)
+    assert not torch.allclose(dropped, expected)  # this option alone changes the training output
+    torch.manual_seed(1)
+    torch.testing.assert_close(model(ids)[0], dropped, rtol=0, atol=0)  # by its random draw, repeatably
+
+
+def test_using_a_model_never_switches_its_mode():
+    from rnnkit import predict_next
+    from rnnkit.data import train_tokenizer_from_text
+
+    tokenizer = train_tokenizer_from_text("word", ["the cat sat on the mat"])
+    model = RNNLanguageModel(LMConfig(tokenizer.vocab_size, hidden_size=8, dropout=0.5))
+    with pytest.raises(ValueError, match="in training mode .* call model.eval"):
+        predict_next(model, tokenizer, "the cat")
+    model.eval()
+    predict_next(model, tokenizer, "the cat")
+    assert not model.training
 
 
 def test_embedding_dropout_drops_whole_words():

@@ -114,6 +114,35 @@ def test_bpe_lines_and_specials(bpe: Tokenizer) -> None:
     assert (bpe.encode_array("the cat\nsat").tolist()) == ids
 
 
+@settings(deadline=None, max_examples=200)
+@given(st.lists(st.integers(0, 299), max_size=40))
+def test_bpe_streams_whole_characters_and_equals_decoding_at_once(bpe: Tokenizer, ids: list[int]) -> None:
+    # any ids, so pieces end inside a character's bytes and bytes arrive that make no character
+    ids = [i % bpe.vocab_size for i in ids]
+    stream = bpe.stream()
+    pieces = [stream.step(i) for i in ids]
+    assert "".join(pieces) + stream.flush() == bpe.decode(ids)
+
+
+def test_bpe_stream_holds_a_character_back_until_its_last_byte(bpe: Tokenizer) -> None:
+    # "Ärger" and an emoji are several bytes each; byte-level pieces may cut them
+    ids = bpe.encode("Ärger über 😀 héllo\nwörld", add_eos=False)
+    stream = bpe.stream()
+    pieces = [stream.step(i) for i in ids]
+    assert "".join(pieces) + stream.flush() == "Ärger über 😀 héllo\nwörld"
+    assert not any("\ufffd" in p for p in pieces) and "" in pieces  # something was held back
+
+
+@pytest.mark.parametrize("kind", ["char", "word"])
+@settings(deadline=None)
+@given(ids=st.lists(st.integers(0, 100), max_size=30))
+def test_char_and_word_streams_equal_decoding_at_once(kind: str, ids: list[int]) -> None:
+    tok = train_tokenizer_from_text(kind, [TEXT + "é😀\n"])
+    ids = [i % tok.vocab_size for i in ids]
+    stream = tok.stream()
+    assert "".join(stream.step(i) for i in ids) + stream.flush() == tok.decode(ids)
+
+
 def test_lone_surrogates(bpe: Tokenizer) -> None:
     # what a command line that is not UTF-8 decodes to
     prompt = "the caf\udce9 sat"

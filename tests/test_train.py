@@ -90,7 +90,8 @@ def test_cli_evaluate_predict_generate(trained, capsys, tmp_path):
     assert "not in the vocabulary, read as <unk>: zebra" in captured.err
     assert main(["generate", directory, "--prompt", "the cat", "--length", "5", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("the cat ")
-    assert main(["generate", directory, "--length", "4", "--beam", "2"]) == 0
+    assert main(["generate", directory, "--prompt", "the sheep on the hill", "--length", "2", "--beam", "3"]) == 0
+    assert capsys.readouterr().out == "the sheep on the hill says baa\n"
 
 
 def _one_line_error(capsys, code, *args):
@@ -115,6 +116,27 @@ def test_bad_inputs_give_one_line_errors(capsys, tmp_path, corpus_file):
     err = _one_line_error(capsys, 1, "train", "--data", str(tiny), "--valid", str(tiny), "--test", str(tiny), "--out", out)
     assert "too few for one batch" in err
     assert "model directory not found" in _one_line_error(capsys, 1, "predict", str(tmp_path / "none"), "x")
+
+
+def test_errors_name_the_flag_that_set_the_value(capsys, trained, tmp_path, corpus_file):
+    root, _, _ = trained
+    directory = str(root / "model")
+    assert "--top-k must be a positive integer, got 0" in _one_line_error(capsys, 1, "predict", directory, "x", "--top-k", "0")
+    assert "temperature must be a finite number >= 0" in _one_line_error(
+        capsys, 1, "generate", directory, "--temperature", "nan")
+    assert "beam must be an integer from 1 to 1024" in _one_line_error(
+        capsys, 1, "generate", directory, "--beam", "1000000000")
+    out = str(tmp_path / "m")
+    assert "--hidden must be an integer >= 1, got 0" in _one_line_error(
+        capsys, 1, "train", "--data", str(corpus_file), "--out", out, "--hidden", "0")
+    assert "--batch-size must be an integer >= 1, got -2" in _one_line_error(
+        capsys, 1, "train", "--data", str(corpus_file), "--out", out, "--batch-size", "-2")
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model": {"num_layers": 0}}))  # set in a file: the field's own name
+    assert "num_layers must be an integer >= 1, got 0" in _one_line_error(
+        capsys, 1, "train", "--data", str(corpus_file), "--out", out, "--config", str(config))
+    assert "cell 'foo' is unknown" in _one_line_error(
+        capsys, 1, "train", "--data", str(corpus_file), "--out", out, "--cell", "foo")
 
 
 def test_binary_file_is_named(capsys, tmp_path):

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..errors import ParameterError
 from .sampling import StepModel
 
-MAX_BEAM = 1024  # a beam wider than this costs memory and time and finds nothing new
+MAX_BEAM = 1024  # the widest beam: memory and time grow with it (beam x V scores a step)
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,14 @@ def beam_search(
 ) -> list[list[Hypothesis]]:
     """Beam search for each of N contexts, from the log-probabilities (N, V) and state they left.
 
-    Returns, per context, up to `beam` finished hypotheses, best first. The beam is at most the
-    vocabulary V (a wider one would hold every continuation already) and MAX_BEAM.
+    Returns, per context, up to `beam` finished hypotheses, best first. The beam is at most
+    MAX_BEAM; while there are fewer continuations than that (V at the first step), it holds them all.
     """
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise ParameterError("length", f"must be a positive integer, got {length!r}")
     if isinstance(beam, bool) or not isinstance(beam, int) or not 1 <= beam <= MAX_BEAM:
         raise ParameterError("beam", f"must be an integer from 1 to {MAX_BEAM}, got {beam!r}")
     N, V = log_probs.shape
-    K = min(beam, V)
     device = log_probs.device
     rows = torch.arange(N, device=device)[:, None]  # (N, 1)
     scores = torch.zeros(N, 1, device=device, dtype=torch.float64)  # (N, k): k = 1, then K
@@ -64,28 +63,30 @@ def beam_search(
     for t in range(length):
         k = scores.shape[1]
         total = scores[:, :, None] + log_probs.double().view(N, k, V)  # (N, k, V)
+        # the hypotheses that go on: the best `beam`, or all there are; each parent has one eos among
+        # its V candidates, so the best 2 * beam hold at least `beam` that do not end
+        K = min(beam, k * V if eos_id is None else k * (V - 1))
         C = min(K if eos_id is None else 2 * K, k * V)
         cand_scores, cand = total.view(N, -1).topk(C)  # (N, C), best first
         parent, token = cand // V, cand % V
         if eos_id is None:
             keep = torch.arange(K, device=device).expand(N, K)
         else:
-            # each parent has one eos among its V candidates, so at least K of the 2K are not eos
             ends = token == eos_id
-            for n, c in ends[:, :K].nonzero().tolist():
-                if len(finished[n]) < K:
+            for n, c in ends[:, : min(beam, C)].nonzero().tolist():
+                if len(finished[n]) < beam:
                     finish(n, torch.cat([sequences[n, parent[n, c]], token[n, c, None]]), float(cand_scores[n, c]))
             alive = ~ends
-            keep = (alive & (alive.cumsum(1) <= K)).float().argsort(1, descending=True, stable=True)[:, :K]  # (N, K)
+            keep = (alive & (alive.cumsum(1) <= K)).float().argsort(dim=1, descending=True, stable=True)[:, :K]  # (N, K)
         parent, token, scores = parent.gather(1, keep), token.gather(1, keep), cand_scores.gather(1, keep)
         sequences = torch.cat([sequences[rows, parent], token[:, :, None]], dim=2)  # (N, K, t + 1)
-        if all(len(f) >= K for f in finished) or t == length - 1:
+        if all(len(f) >= beam for f in finished) or t == length - 1 or K == 0:
             break
         state = model.reorder_state(state, (parent + rows * k).flatten())
         log_probs, state = model.step(token.flatten(), state)  # (N K, V)
     for n in range(N):
-        for j in range(K):
-            if len(finished[n]) >= K and eos_id is not None:
+        for j in range(scores.shape[1]):
+            if len(finished[n]) >= beam:
                 break
             finish(n, sequences[n, j], float(scores[n, j]))
-    return [sorted(f, key=lambda h: -h.normalized)[:K] for f in finished]
+    return [sorted(f, key=lambda h: -h.normalized)[:beam] for f in finished]

@@ -39,12 +39,13 @@ def read_prompts(model: RNNLanguageModel, tokenizer: Tokenizer, prompts: Sequenc
     and the state after each prompt's last token. Shorter prompts are padded after their end (a
     recurrent model never reads ahead)."""
     require_eval(model)
-    ids = [tokenizer.encode_prompt(prompt) for prompt in prompts]
-    lengths = torch.tensor([len(i) for i in ids])
-    x = torch.nn.utils.rnn.pad_sequence([torch.tensor(i) for i in ids], padding_value=tokenizer.line_end_id)  # (T, N)
-    padded = bool((lengths < x.shape[0]).any())
-    logits, state = model(x.to(_device(model)), model.start_state(len(ids)),
-                          lengths.to(_device(model)) if padded else None, last_only=True)  # (N, V)
+    device = _device(model)
+    ids = [torch.tensor(tokenizer.encode_prompt(prompt)) for prompt in prompts]
+    lengths = [len(i) for i in ids]
+    x = torch.nn.utils.rnn.pad_sequence(ids, padding_value=tokenizer.line_end_id) if len(ids) > 1 else ids[0][:, None]
+    padded = min(lengths) < max(lengths)
+    logits, state = model(x.to(device), model.start_state(len(ids)),
+                          torch.tensor(lengths, device=device) if padded else None, last_only=True)  # (N, V)
     return F.log_softmax(logits.float(), dim=-1), state
 
 

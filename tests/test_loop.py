@@ -1,0 +1,136 @@
+"""The training loop on a task that is not a language model: what it learns, gradient
+accumulation, callbacks, resuming a task that draws random batches, and non-finite values that
+never reach a checkpoint."""
+
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from rnnkit.configs import JSONConfig
+from rnnkit.errors import RnnkitError
+from rnnkit.training import Task, TrainConfig, fit
+from rnnkit.training.loop import Draws
+
+
+@dataclass(frozen=True)
+class ToyConfig(JSONConfig):
+    what: ClassVar[str] = "model config"
+    size: int = 4
+
+
+class Regression(nn.Module):
+    """y = A x + a, to recover a hidden linear map; float64 so that equal means equal."""
+
+    kind = "toy"
+
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.linear = nn.Linear(config.size, config.size).double()
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+class RegressionTask(Task):
+    """Fresh random inputs every step, drawn from a generator the checkpoints keep."""
+
+    def __init__(self, steps: int, batch: int, nan_at: int | None = None) -> None:
+        self.steps, self.batch, self.nan_at = steps, batch, nan_at
+        self.target = torch.randn(4, 4, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+        self.generator = torch.Generator().manual_seed(1)
+        self.test = torch.randn(64, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def batches(self, device):
+        return Draws(self.steps, lambda i: (i, torch.randn(self.batch, 4, generator=self.generator, dtype=torch.float64)))
+
+    def loss(self, model, batch, state):
+        i, x = batch
+        loss = (model(x) - x @ self.target.T).pow(2).mean()
+        return (loss * torch.nan if i == self.nan_at else loss), None
+
+    def evaluate(self, model):
+        return {"loss": float((model(self.test) - self.test @ self.target.T).pow(2).mean())}
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+
+
+def _model(seed: int = 0) -> Regression:
+    torch.manual_seed(seed)
+    return Regression(ToyConfig())
+
+
+def test_the_loop_trains_a_task_it_knows_nothing_about():
+    model = _model()
+    events = []
+    config = TrainConfig(epochs=3, batch_size=16, optimizer="adamw", lr=0.05, clip=None, schedule="none",
+                         checkpoint_every=None, log_every=10, device="cpu")
+    summary = fit(model, RegressionTask(steps=40, batch=16), config, callbacks=[lambda e, info: events.append((e, info))])
+    assert summary["stopped"] == "done" and summary["steps"] == 120 and summary["epochs_done"] == 3
+    assert summary["history"][-1]["valid_loss"] < 0.01 * summary["history"][0]["valid_loss"] + 1e-3
+    kinds = [e for e, _ in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("eval") == 3 and kinds.count("step") == 12
+    assert [info["step"] for e, info in events if e == "step"] == list(range(10, 121, 10))
+
+
+def test_accumulated_gradients_equal_one_batch_of_their_size():
+    """Two half batches accumulated take the same step as the whole batch (equal sizes, mean losses)."""
+
+    class Halves(RegressionTask):
+        """The same draws, each cut in two: batch 2j is the first half of draw j, 2j + 1 the second."""
+
+        def batches(self, device):
+            def half(i):
+                if i % 2 == 0:
+                    self.whole = torch.randn(self.batch, 4, generator=self.generator, dtype=torch.float64)
+                return i // 2, self.whole[: self.batch // 2] if i % 2 == 0 else self.whole[self.batch // 2 :]
+
+            return Draws(2 * self.steps, half)
+
+    common = dict(epochs=2, optimizer="sgd", lr=0.1, clip=1.0, schedule="none", checkpoint_every=None, device="cpu")
+    one, two = _model(), _model()
+    fit(one, RegressionTask(steps=15, batch=8), TrainConfig(batch_size=8, **common))
+    fit(two, Halves(steps=15, batch=8), TrainConfig(batch_size=4, accumulate=2, **common))
+    for a, b in zip(one.parameters(), two.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_a_crashed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    config = TrainConfig(epochs=2, batch_size=8, optimizer="adamw", lr=0.01, schedule="cosine", checkpoint_every=6,
+                         eval_every=10, log_every=5, device="cpu")
+    straight = _model()
+    fit(straight, RegressionTask(steps=25, batch=8), config, tmp_path / "straight")
+
+    def crash(event, info):
+        if event == "step" and info["step"] == 35:
+            raise RuntimeError("the machine went away")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        fit(_model(), RegressionTask(steps=25, batch=8), config, tmp_path / "crashed", callbacks=[crash])
+    assert json.loads((tmp_path / "crashed" / "trainer_state" / "state.json").read_text())["step"] == 30
+    resumed = _model(seed=123)  # its weights come from the checkpoint
+    fit(resumed, RegressionTask(steps=25, batch=8), config, tmp_path / "crashed", resume=True)
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "crashed" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_non_finite_loss_stops_the_run_before_it_reaches_a_checkpoint(tmp_path):
+    config = TrainConfig(epochs=1, batch_size=8, optimizer="sgd", lr=0.01, schedule="none", checkpoint_every=5,
+                         log_every=20, eval_every=5, device="cpu")
+    with pytest.raises(RnnkitError, match=r"the loss became nan at step 8; stopped, the last good checkpoint"):
+        fit(_model(), RegressionTask(steps=30, batch=8, nan_at=7), config, tmp_path / "m")
+    state = json.loads((tmp_path / "m" / "trainer_state" / "state.json").read_text())
+    assert state["step"] == 5
+    for name in ("model.safetensors", "trainer_state/model-5.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "m" / name).values())
