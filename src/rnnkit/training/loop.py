@@ -331,155 +331,180 @@ def fit(
         elif (directory / ckpt.CONFIG).exists():
             raise RnnkitError(f"{directory} already holds a model: resume it, or write to another directory")
         callbacks = [MetricsFile(directory), *callbacks]
-    model.to(device)
-    batches = task.batches(device)
-    per_epoch = len(batches)
-    total_steps = config.epochs * -(-per_epoch // config.accumulate)
-    optimizer = make_optimizer(model, config)
-    scheduler = make_schedule(optimizer, config, total_steps)
-    st = LoopState()
-    carry: Any = None
+    run = _Run(model, task, config, device, directory, assets, callbacks)
     if resume and directory is not None and ckpt.has_trainer_state(directory):
-        saved = ckpt.load_trainer_state(directory, model)
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["rng"])
-        if device.type == "cuda" and "cuda_rng" in saved:
-            torch.cuda.set_rng_state(saved["cuda_rng"])
-        task.load_state_dict(saved.get("task", {}))
-        carry = saved.get("carry", saved.get("hidden"))  # "hidden": rnnkit 0.1
-        if carry is not None:
-            carry = tuple(c.to(device) for c in carry) if isinstance(carry, tuple) else carry.to(device)
-        st = LoopState.from_dict(saved.get("loop", saved.get("trainer", {})))
+        run.restore()
     elif directory is not None and not resume:
         ckpt.save_model(directory, model, assets, config)
+    return run.train()
 
-    def report(event: str, info: dict[str, Any]) -> None:
-        for callback in callbacks:
+
+class _Run:
+    """One call of `fit`: what its pieces share."""
+
+    def __init__(self, model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
+                 directory: Path | None, assets: dict[str, Asset], callbacks: Sequence[Callback]) -> None:
+        self.model, self.task, self.config, self.device = model.to(device), task, config, device
+        self.directory, self.assets, self.callbacks = directory, assets, callbacks
+        self.batches = task.batches(device)
+        self.per_epoch = len(self.batches)
+        self.total_steps = config.epochs * -(-self.per_epoch // config.accumulate)
+        self.optimizer = make_optimizer(model, config)
+        self.scheduler = make_schedule(self.optimizer, config, self.total_steps)
+        self.st = LoopState()
+        self.carry: Any = None  # the state the task carries from batch to batch
+        # the last log_every losses, kept on the device: no host sync per step, and one buffer rather
+        # than a list of small tensors, which fragmented the CPU heap (peak memory 1.5x the plain loop's)
+        self.losses = torch.empty(config.log_every * config.accumulate, device=device)
+        self.logged = 0  # losses in the buffer
+        self.tokens, self.clock = 0, time.perf_counter()  # since the last report
+
+    def restore(self) -> None:
+        """Continue from the trainer state saved in the directory."""
+        saved = ckpt.load_trainer_state(self.directory, self.model)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng"])
+        if self.device.type == "cuda" and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"])
+        self.task.load_state_dict(saved.get("task", {}))
+        carry = saved.get("carry", saved.get("hidden"))  # "hidden": rnnkit 0.1
+        if carry is not None:
+            carry = tuple(c.to(self.device) for c in carry) if isinstance(carry, tuple) else carry.to(self.device)
+        self.carry = carry
+        self.st = LoopState.from_dict(saved.get("loop", saved.get("trainer", {})))
+
+    def report(self, event: str, info: dict[str, Any]) -> None:
+        for callback in self.callbacks:
             callback(event, info)
 
-    def save_state() -> None:
-        if not _finite(model):
-            raise RnnkitError(f"the weights became non-finite by step {st.step}; stopped without saving them, "
-                              f"the last good checkpoint is kept (try a lower lr or clip)")
-        if directory is None:
+    def save_state(self) -> None:
+        """The trainer state, which resuming continues from; never with non-finite weights."""
+        if not _finite(self.model):
+            raise RnnkitError(f"the weights became non-finite by step {self.st.step}; stopped without saving "
+                              f"them, the last good checkpoint is kept (try a lower lr or clip)")
+        if self.directory is None:
             return
         saved = {
-            "loop": dataclasses.asdict(st), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": torch.get_rng_state(), "carry": carry, "task": task.state_dict(),
+            "loop": dataclasses.asdict(self.st), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": torch.get_rng_state(), "carry": self.carry, "task": self.task.state_dict(),
         }
-        if device.type == "cuda":
+        if self.device.type == "cuda":
             saved["cuda_rng"] = torch.cuda.get_rng_state()
-        ckpt.save_trainer_state(directory, model, st.step, saved)
+        ckpt.save_trainer_state(self.directory, self.model, self.st.step, saved)
 
-    def run_eval() -> bool:
+    def evaluate(self) -> bool:
         """Evaluate, keep the best model, step the plateau schedule; True to stop early."""
-        with averaged_weights(model, optimizer), eval_mode(model):
-            metrics = task.evaluate(model)
+        st, model = self.st, self.model
+        with averaged_weights(model, self.optimizer), eval_mode(model):
+            metrics = self.task.evaluate(model)
             improved = math.isfinite(metrics["loss"]) and metrics["loss"] < st.best and _finite(model)
             if improved:
                 st.best, st.bad = metrics["loss"], 0
-                task.on_best(model)
-                if directory is not None:
-                    ckpt.save_model(directory, model, assets, config)
+                self.task.on_best(model)
+                if self.directory is not None:
+                    ckpt.save_model(self.directory, model, self.assets, self.config)
             else:
                 st.bad += 1
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(metrics["loss"])
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(metrics["loss"])
         record = {
-            "step": st.step, "epoch": st.epoch + st.batch / per_epoch,
+            "step": st.step, "epoch": st.epoch + st.batch / self.per_epoch,
             **{f"valid_{k}": v for k, v in metrics.items()},
-            "lr": optimizer.param_groups[0]["lr"], "elapsed_s": st.elapsed, "best": improved,
+            "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": st.elapsed, "best": improved,
         }
         st.history.append(record)
-        report("eval", record)
-        return config.early_stop is not None and st.bad >= config.early_stop
+        self.report("eval", record)
+        return self.config.early_stop is not None and st.bad >= self.config.early_stop
 
-    def evaluated_now() -> bool:
-        return bool(st.history) and st.history[-1]["step"] == st.step
+    def evaluated_now(self) -> bool:
+        return bool(self.st.history) and self.st.history[-1]["step"] == self.st.step
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
-    report("start", {"steps": total_steps, "step": st.step, "batches": per_epoch, "device": str(device)})
-    model.train()
-    stopped, started = "done", time.perf_counter() - st.elapsed
-    # the last log_every losses, kept on the device: no host sync per step, and one buffer rather
-    # than a list of small tensors, which fragmented the CPU heap (peak memory 1.5x the plain loop's)
-    losses = torch.empty(config.log_every * config.accumulate, device=device)
-    logged = 0  # losses in the buffer
-    tokens_since, clock = 0, time.perf_counter()
-
-    def check_losses(final: bool) -> None:
-        """One host sync: stop at a non-finite loss; every log_every steps, report progress."""
-        nonlocal logged, tokens_since, clock
-        if not logged:
+    def check_losses(self, final: bool) -> None:
+        """One host sync: stop at a non-finite loss; every log_every steps (or `final`), report."""
+        if not self.logged:
             return
-        values = losses[:logged].cpu()
+        values = self.losses[: self.logged].cpu()
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad):
-            step = st.step - (logged - int(bad[0]) - 1) // config.accumulate
-            raise RnnkitError(
-                f"the loss became {values[int(bad[0])].item()} at step {step}; stopped, the last good "
-                f"checkpoint{f' in {directory}' if directory else ''} is kept (try a lower lr or clip)"
-            )
-        if logged == len(losses) or final:
+            step = self.st.step - (self.logged - int(bad[0]) - 1) // self.config.accumulate
+            where = f" in {self.directory}" if self.directory else ""
+            raise RnnkitError(f"the loss became {values[int(bad[0])].item()} at step {step}; stopped, the last "
+                              f"good checkpoint{where} is kept (try a lower lr or clip)")
+        if self.logged == len(self.losses) or final:
             now = time.perf_counter()
-            report("step", {
-                "step": st.step, "epoch": st.epoch, "loss": values.mean().item(), "lr": optimizer.param_groups[0]["lr"],
-                "tokens_per_s": tokens_since / max(now - clock, 1e-9),
+            self.report("step", {
+                "step": self.st.step, "epoch": self.st.epoch, "loss": values.mean().item(),
+                "lr": self.optimizer.param_groups[0]["lr"], "tokens_per_s": self.tokens / max(now - self.clock, 1e-9),
             })
-            logged, tokens_since, clock = 0, 0, now
+            self.logged, self.tokens, self.clock = 0, 0, now
 
-    with _stop_on_sigint() as interrupted:
-        while st.epoch < config.epochs and stopped == "done":
-            if carry is None:
-                carry = task.start_state(model)
-            optimizer.zero_grad(set_to_none=True)
-            for i in range(st.batch, per_epoch):
-                batch = batches[i]
-                carry = detach_state(carry)
-                with autocast:
-                    loss, carry = task.loss(model, batch, carry)
-                (loss / config.accumulate if config.accumulate > 1 else loss).backward()
-                losses[logged].copy_(loss.detach())
-                logged += 1
-                tokens_since += task.count(batch)
-                st.batch = i + 1
-                if st.batch % config.accumulate and st.batch < per_epoch:
-                    continue  # gradients add up until the next step
-                if config.clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if config.schedule == "cosine":
-                    scheduler.step()
-                st.step += 1
-                st.elapsed = time.perf_counter() - started
-                if logged == len(losses) or st.batch == per_epoch:
-                    check_losses(final=st.batch == per_epoch)
-                out_of_time = config.max_minutes is not None and st.elapsed >= 60 * config.max_minutes
-                if config.eval_every and st.step % config.eval_every == 0 and run_eval():
-                    stopped = "early_stop"
-                if stopped != "done" or out_of_time or interrupted.is_set():
-                    stopped = "time_budget" if out_of_time else "interrupted" if interrupted.is_set() else stopped
-                    break
-                if config.checkpoint_every and st.step % config.checkpoint_every == 0:
-                    check_losses(final=False)
-                    save_state()
-            else:
-                st.epoch, st.batch, carry = st.epoch + 1, 0, None
-                if config.schedule == "exponential":
-                    scheduler.step()
-                if not evaluated_now() and run_eval():
-                    stopped = "early_stop"
-            check_losses(final=True)
-            save_state()
-    if stopped == "time_budget" and not evaluated_now():
-        run_eval()
-        save_state()
-    report("end", {"stopped": stopped, "step": st.step})
-    return {
-        "steps": st.step, "epochs_done": st.epoch, "best_valid": st.best,
-        "stopped": stopped, "history": st.history, "device": str(device),
-    }
+    def step(self, i: int, autocast: Any) -> bool:
+        """Batch i of the epoch: forward, backward, and (once `accumulate` batches are in) an
+        optimizer step; True when a step was taken."""
+        config, st = self.config, self.st
+        batch = self.batches[i]
+        self.carry = detach_state(self.carry)
+        with autocast:
+            loss, self.carry = self.task.loss(self.model, batch, self.carry)
+        (loss / config.accumulate if config.accumulate > 1 else loss).backward()
+        self.losses[self.logged].copy_(loss.detach())
+        self.logged += 1
+        self.tokens += self.task.count(batch)
+        st.batch = i + 1
+        if st.batch % config.accumulate and st.batch < self.per_epoch:
+            return False  # gradients add up until the next step
+        if config.clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if config.schedule == "cosine":
+            self.scheduler.step()
+        st.step += 1
+        return True
+
+    def train(self) -> dict[str, Any]:
+        config, st = self.config, self.st
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and config.bf16)
+        self.report("start", {"steps": self.total_steps, "step": st.step, "batches": self.per_epoch,
+                              "device": str(self.device)})
+        self.model.train()
+        stopped, started = "done", time.perf_counter() - st.elapsed
+        with _stop_on_sigint() as interrupted:
+            while st.epoch < config.epochs and stopped == "done":
+                if self.carry is None:
+                    self.carry = self.task.start_state(self.model)
+                self.optimizer.zero_grad(set_to_none=True)
+                for i in range(st.batch, self.per_epoch):
+                    if not self.step(i, autocast):
+                        continue
+                    st.elapsed = time.perf_counter() - started
+                    if self.logged == len(self.losses) or st.batch == self.per_epoch:
+                        self.check_losses(final=st.batch == self.per_epoch)
+                    out_of_time = config.max_minutes is not None and st.elapsed >= 60 * config.max_minutes
+                    if config.eval_every and st.step % config.eval_every == 0 and self.evaluate():
+                        stopped = "early_stop"
+                    if stopped != "done" or out_of_time or interrupted.is_set():
+                        stopped = "time_budget" if out_of_time else "interrupted" if interrupted.is_set() else stopped
+                        break
+                    if config.checkpoint_every and st.step % config.checkpoint_every == 0:
+                        self.check_losses(final=False)
+                        self.save_state()
+                else:
+                    st.epoch, st.batch, self.carry = st.epoch + 1, 0, None
+                    if config.schedule == "exponential":
+                        self.scheduler.step()
+                    if not self.evaluated_now() and self.evaluate():
+                        stopped = "early_stop"
+                self.check_losses(final=True)
+                self.save_state()
+        if stopped == "time_budget" and not self.evaluated_now():
+            self.evaluate()
+            self.save_state()
+        self.report("end", {"stopped": stopped, "step": st.step})
+        return {
+            "steps": st.step, "epochs_done": st.epoch, "best_valid": st.best,
+            "stopped": stopped, "history": st.history, "device": str(self.device),
+        }

@@ -1,11 +1,11 @@
 """The demo: the seed's example, run. Trains an LSTM language model on the household corpus
-(once: the model is cached in --out), then shows
+(once: the model is cached in `out`), then shows
 
 1. the top 5 next words after the seed's full sentence and after "turned on the" alone;
 2. which earlier words drove the prediction (occlusion and gradient x input), as text and PNG;
 3. memory over distance: Elman, LSTM, GRU and a fixed-window model (see `rnnkit memory`).
 
-Writes into --out: model/ (a model directory, usable with `rnnkit predict`), attribution.png,
+Writes into `out`: model/ (a model directory, usable with `rnnkit predict`), attribution.png,
 memory/ (memory.png, .json, .csv) and demo.json (everything printed, as JSON).
 """
 
@@ -110,7 +110,7 @@ def trained_model(out: Path, retrain: bool = False, callback: Callback | None = 
     except RnnkitError as error:
         if not resume:
             raise
-        raise RnnkitError(f"{error} (retrain to start the demo's model afresh: rnnkit demo --retrain)") from None
+        raise RnnkitError(f"{error} (retrain=True, `rnnkit demo --retrain`, starts the demo's model afresh)") from None
     if summary["stopped"] == "interrupted":
         return None
     finish_run(target, corpus, TRAINING, summary)
