@@ -49,7 +49,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         payload = body[start:]
-        self.send_header("Content-Length", str(len(payload)))
+        if srv.send_length:
+            self.send_header("Content-Length", str(len(payload)))
+        else:
+            self.close_connection = True  # the body ends when the connection does
         self.end_headers()
         if self.path in srv.cut:
             srv.cut.discard(self.path)
@@ -68,6 +71,7 @@ class _Server(ThreadingHTTPServer):
         self.files: dict[str, bytes] = {}
         self.cut: set[str] = set()
         self.ranges = True
+        self.send_length = True
         self.requests: list[tuple[str, str | None]] = []
 
     @property
@@ -175,6 +179,38 @@ def test_corrupt_download_is_refused_and_deleted(server, tmp_path):
         datasets.download("tiny", tmp_path, registry=registry)
     assert "\n" not in str(error.value) and "train.txt" in str(error.value)
     assert list((tmp_path / "tiny").iterdir()) == []
+
+
+@pytest.mark.parametrize("send_length", [True, False])
+def test_a_body_longer_than_the_pinned_size_is_not_written_past_it(server, tmp_path, send_length):
+    big = TRAIN * 30
+    registry = _registry(server)
+    server.files["/tiny/train.txt"] = big  # pinned: len(TRAIN) bytes
+    server.send_length = send_length
+    with pytest.raises(RnnkitError, match=f"more than the pinned {len(TRAIN)}"):
+        datasets.download("tiny", tmp_path, registry=registry)
+    assert list((tmp_path / "tiny").iterdir()) == []  # nothing kept, and never more than was pinned
+
+
+def test_a_server_that_never_answers_fails_within_the_timeout_and_says_what_it_waits_for(tmp_path, monkeypatch,
+                                                                                             capsys):
+    import socket
+    import time
+
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        remote = RemoteFile("x.txt", (url + "/x.txt",), _sha(b"x"), size=1)
+        monkeypatch.setattr(datasets, "REGISTRY", {"x": Dataset("x", "", (remote,), {"all": "x.txt"})})
+        started = time.perf_counter()
+        assert cli.main(["data", "get", "x", "--dir", str(tmp_path), "--timeout", "0.2"]) == 1
+        assert time.perf_counter() - started < 10
+    err = capsys.readouterr().err
+    assert f"x.txt: waiting for 127.0.0.1:{url.rsplit(':', 1)[1]} (up to 0.2 s; try 1 of 3)" in err
+    assert "timed out" in err.strip().splitlines()[-1]
+    assert cli.main(["data", "get", "x", "--dir", str(tmp_path), "--timeout", "0"]) == 1
+    assert "timeout must be a positive number of seconds" in capsys.readouterr().err
 
 
 def test_file_in_place_with_other_content_is_left_alone(server, tmp_path):

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import Tensor
 
@@ -125,10 +125,23 @@ def write_tensors(path: PathLike, tensors: dict[str, Tensor]) -> None:
 
 
 def read_tensors(path: PathLike, what: str) -> dict[str, Tensor]:
-    """The tensors of a safetensors file; `what` names it in the error when missing or damaged."""
+    """The tensors of a safetensors file (read through safetensors' own file API, so the file is
+    never in memory twice); `what` names it in the error when missing or damaged."""
     path = Path(path)
     try:
-        return st_load(path.read_bytes())
+        return load_file(path)
+    except FileNotFoundError:
+        raise RnnkitError(f"{what} not found: {path}") from None
+    except (OSError, SafetensorError, ValueError) as e:
+        raise RnnkitError(f"{what} is damaged ({path}): {e}") from None
+
+
+def tensor_shapes(path: PathLike, what: str) -> dict[str, tuple[int, ...]]:
+    """The names and shapes in a safetensors file's header, read without its tensors."""
+    path = Path(path)
+    try:
+        with safe_open(path, "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except FileNotFoundError:
         raise RnnkitError(f"{what} not found: {path}") from None
     except (OSError, SafetensorError, ValueError) as e:

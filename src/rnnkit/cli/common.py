@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import RnnkitError
 from ..nn.cells import CELLS
 
@@ -47,15 +45,6 @@ def int_list(text: str, flag: str, minimum: int) -> list[int]:
 def at_least(name: str, value: int, minimum: int) -> None:
     if value < minimum:
         raise RnnkitError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
-
-
-def torch_device(text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:
-        raise RnnkitError(f"--device {text!r} is not available here: {str(error).splitlines()[0]}") from None
-    return device
 
 
 def output_dir(path: str | Path) -> Path:

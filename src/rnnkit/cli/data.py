@@ -4,6 +4,7 @@ pinned checksums, resumable), list them, or write the generated household corpus
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from tqdm import tqdm
@@ -33,6 +34,8 @@ def register(subparsers: Any) -> None:
     get.add_argument("name", choices=sorted(datasets.REGISTRY), metavar="NAME",
                      help=f"one of: {', '.join(sorted(datasets.REGISTRY))}")
     get.add_argument("--dir", help="data folder (default: $RNNKIT_DATA or ~/.cache/rnnkit/data)")
+    get.add_argument("--timeout", type=float, default=60.0,
+                     help="seconds to wait for a server to connect or send more (default: %(default)s)")
     get.set_defaults(run=run_get)
 
     listing = actions.add_parser("list", help="list the corpora and whether each is downloaded")
@@ -59,7 +62,7 @@ def register(subparsers: Any) -> None:
 def run_get(args: argparse.Namespace) -> int:
     bars = _Bars()
     try:
-        folder = datasets.download(args.name, args.dir, progress=bars)
+        folder = datasets.download(args.name, args.dir, progress=bars, status=bars.status, timeout=args.timeout)
     finally:
         bars.close()
     splits = datasets.split_paths(args.name, folder.parent)
@@ -103,6 +106,10 @@ class _Bars:
             self.bar.update(done)
         else:
             self.bar.update(done - self.bar.n)
+
+    @staticmethod
+    def status(message: str) -> None:
+        tqdm.write(message, file=sys.stderr)  # above the bars
 
     def close(self) -> None:
         if self.bar is not None:

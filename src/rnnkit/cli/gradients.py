@@ -10,15 +10,14 @@ below 1e-3 of its value at the last step.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..apps.lm import RNNLanguageModel
-from ..data import open_corpus
-from ..data.files import read_blocks, text_files, whole
+from ..data import encode_to_file, open_corpus
 from ..diagnostics import (
     TASKS,
     GradientFlow,
@@ -33,8 +32,8 @@ from ..diagnostics import (
 )
 from ..errors import RnnkitError
 from ..io import save_figure, write_csv, write_json
-from ..training import load_model, read_config
-from .common import at_least, flag_values, name_list, output_dir, torch_device
+from ..training import load_model, read_config, resolve_device
+from .common import at_least, flag_values, name_list, output_dir
 
 RATIO = 1e-3  # "vanished": below this fraction of the gradient at lag 0
 TEST_SIZE = 256  # held-out adding-problem sequences for the MSE; the first --batch are measured
@@ -86,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise RnnkitError(str(error)) from None
-    device = torch_device(args.device)
+    device = resolve_device(args.device)
     out = output_dir(args.out)
 
     # 1. the seed's picture: tanh applied n times flattens, and so does its derivative
@@ -156,9 +155,9 @@ def _model_name(directory: Path) -> str:
 
 def _model_flow(args: argparse.Namespace, device: torch.device) -> GradientFlow:
     model, tokenizer = load_model(args.model, device, kind=RNNLanguageModel.kind)
-    if args.data is not None:
-        blocks = read_blocks(whole(text_files(args.data, "--data text")))
-        ids = np.concatenate([tokenizer.encode_array(block, add_eos=False) for block in blocks])
-    else:
-        ids = open_corpus(args.model / "data", tokenizer).valid
-    return language_model_flow(model, ids, args.batch, args.steps, args.jacobian_batch)
+    if args.data is None:
+        return language_model_flow(model, open_corpus(args.model / "data", tokenizer).valid, args.batch, args.steps,
+                                   args.jacobian_batch)
+    with tempfile.TemporaryDirectory(prefix="rnnkit-gradients-") as tmp:
+        ids = encode_to_file(args.data, tokenizer, Path(tmp) / "ids.bin", "--data text")
+        return language_model_flow(model, ids, args.batch, args.steps, args.jacobian_batch)

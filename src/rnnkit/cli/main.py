@@ -45,15 +45,15 @@ def _remember_parsers(parser: argparse.ArgumentParser) -> None:
 
 
 def in_flag_words(error: RnnkitError, args: argparse.Namespace) -> str:
-    """The library names parameters (`top_k must be ...`); where the value came from a flag that
-    reads otherwise (`--top-k`), say the flag. A command maps parameters to its flags' names in
-    `params` where they differ more than by dashes (hidden_size -> --hidden)."""
+    """The library names parameters (`top_k must be ...`); where the value came from a flag, say
+    the flag (`--top-k must be ...`). A command maps parameters to its flags' names in `params`
+    where they differ more than by dashes (hidden_size -> --hidden)."""
     message, param = str(error), getattr(error, "param", None)
     if not isinstance(error, ParameterError) or not message.startswith(param or "\0"):
         return message
     dest = getattr(args, "params", {}).get(param, param)
     flags = {a.dest: max(a.option_strings, key=len) for a in args.parser._actions if a.option_strings}
-    if dest not in flags or getattr(args, dest, None) is None or flags[dest] == f"--{param}":
+    if dest not in flags or getattr(args, dest, None) is None:
         return message  # set in a --config file or a saved model, not by a flag
     return flags[dest] + message[len(param):]
 
@@ -68,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except RnnkitError as error:
         print(f"rnnkit: error: {in_flag_words(error, args)}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a folder that cannot be written, a disk that is full: say which file
+        where = f": {error.filename}" if error.filename else ""
+        print(f"rnnkit: error: {error.strerror or error}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)

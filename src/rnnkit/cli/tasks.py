@@ -11,9 +11,10 @@ import argparse
 from typing import Any
 
 from ..diagnostics import TASKS, TaskConfig, plot_task_curves, train_task
-from ..io import save_figure, write_csv, write_json
 from ..errors import RnnkitError
-from .common import at_least, flag_values, int_list, name_list, output_dir, torch_device
+from ..io import save_figure, write_csv, write_json
+from ..training import resolve_device
+from .common import at_least, flag_values, int_list, name_list, output_dir
 
 
 def register(subparsers: Any) -> None:
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise RnnkitError(str(error)) from None
-    device = torch_device(args.device)
+    device = resolve_device(args.device)
     out = output_dir(args.out)
 
     metric = "MSE" if task.name == "adding" else "cross-entropy"

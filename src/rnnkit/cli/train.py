@@ -15,6 +15,7 @@ from ..demos.household.corpus import default_corpus
 from ..errors import RnnkitError
 from ..io import read_json
 from ..training import ProgressBar, read_config
+from ..training.checkpoint import check_target, lock_directory
 from ..training.loop import OPTIMIZERS, SCHEDULES
 
 # flag -> (section, field); every flag defaults to None so that --config and the defaults show through
@@ -54,11 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default: plateau)")
     p.add_argument("--clip", type=float, help="gradient-norm clipping (default 0.25)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default: auto (cuda when present)")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: auto, cuda when present)")
     p.add_argument("--eval-every", type=int, help="also evaluate every N steps")
     p.add_argument("--checkpoint-every", type=int, help="save the trainer state every N steps (default 200)")
     p.add_argument("--early-stop", type=int, help="stop after N evaluations without improvement")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even if it holds files that are not an rnnkit model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run, params={field: flag for flag, (_, field) in FLAGS.items()})
 
@@ -93,6 +96,19 @@ def run(args: argparse.Namespace) -> int:
         raise RnnkitError(f"unknown data setting(s): {', '.join(sorted(unknown))}")
     config = LMTrainConfig.from_dict(train_fields)
     out: Path = args.out
+    check_target(out, force=args.force)
+    with lock_directory(out):  # a second `rnnkit train` on the same --out is refused here
+        return _train(args, out, config, model_fields, data)
+
+
+def _train(args: argparse.Namespace, out: Path, config: LMTrainConfig, model_fields: dict[str, Any],
+           data: dict[str, Any]) -> int:
+    if args.resume and not (out / "config.json").exists():
+        print(f"rnnkit: note: {out} holds no model yet (its run stopped before the first save); starting afresh",
+              file=sys.stderr)
+        args.resume = False
+    elif not args.resume and (out / "config.json").exists():
+        raise RnnkitError(f"{out} already holds a model: use --resume to continue it, or another --out")
     if args.resume:
         saved = read_config(out)
         tokenizer: Any = load_tokenizer(out / "tokenizer.json")

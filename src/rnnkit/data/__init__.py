@@ -4,7 +4,7 @@
 """
 
 from .batching import BPTTBatches, detach_state
-from .corpus import HOLDOUT, SPLITS, Corpus, build_corpus, open_corpus, plan_splits
+from .corpus import HOLDOUT, SPLITS, Corpus, build_corpus, encode_to_file, open_corpus, plan_splits
 from .files import text_files
 from .tokenizers import (
     EOS,
@@ -35,6 +35,7 @@ __all__ = [
     "WordTokenizer",
     "build_corpus",
     "detach_state",
+    "encode_to_file",
     "load_tokenizer",
     "open_corpus",
     "plan_splits",

@@ -130,7 +130,7 @@ def build_corpus(
     else:
         tokenizer = train_tokenizer_from_text(tokenizer, read_blocks(plan["train"]), vocab_size, min_count)
 
-    dtype = np.dtype("<u2" if tokenizer.vocab_size <= 1 << 16 else "<u4")
+    dtype = _dtype(tokenizer)
     splits = {}
     # all three are written before any replaces its old file, so bad text (found only when read)
     # leaves the old corpus as it was; the description goes first and comes back last, so that a
@@ -138,13 +138,11 @@ def build_corpus(
     with contextlib.ExitStack() as stack:
         for name in SPLITS:
             f = stack.enter_context(atomic_write(out_dir / f"{name}.bin"))
-            tokens = 0
-            for block in read_blocks(plan[name]):
-                ids = tokenizer.encode_array(block, add_eos=False)  # a block ends where a line ends
-                f.write(ids.astype(dtype).tobytes())
-                tokens += len(ids)
+            tokens = _write_ids(plan[name], tokenizer, f, dtype)
             if tokens == 0:
                 raise RnnkitError(f"the {name} text has no tokens")
+            if name != "train" and tokens < 2:  # evaluating predicts each token from the ones before
+                raise RnnkitError(f"the {name} text has 1 token; evaluating it needs at least 2")
             splits[name] = {"file": f"{name}.bin", "tokens": tokens}
         (out_dir / "corpus.json").unlink(missing_ok=True)
     meta = {
@@ -159,6 +157,28 @@ def build_corpus(
     }
     write_json(out_dir / "corpus.json", meta)
     return open_corpus(out_dir, tokenizer)
+
+
+def _dtype(tokenizer: Tokenizer) -> np.dtype:
+    return np.dtype("<u2" if tokenizer.vocab_size <= 1 << 16 else "<u4")
+
+
+def _write_ids(segments: list[Segment], tokenizer: Tokenizer, f: Any, dtype: np.dtype) -> int:
+    """Encode the segments' text block by block into `f` as `dtype` ids; return how many."""
+    tokens = 0
+    for block in read_blocks(segments):
+        ids = tokenizer.encode_array(block, add_eos=False)  # a block ends where a line ends
+        f.write(ids.astype(dtype).tobytes())
+        tokens += len(ids)
+    return tokens
+
+
+def encode_to_file(source: PathLike, tokenizer: Tokenizer, path: PathLike, what: str = "text") -> np.memmap:
+    """The ids of a file or folder of .txt files, written to `path` in one streaming pass and
+    opened as a read-only memmap (N,): text of any size in bounded memory."""
+    with atomic_write(path) as f:
+        tokens = _write_ids(whole(text_files(source, what)), tokenizer, f, dtype := _dtype(tokenizer))
+    return np.memmap(path, dtype=dtype, mode="r", shape=(tokens,)) if tokens else np.zeros(0, dtype=dtype)
 
 
 def _describe(segment: Segment) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Callable, Mapping
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .._version import __version__
-from ..errors import RnnkitError
+from ..errors import ParameterError, RnnkitError
 from ..io import atomic_write
 
 # some hosts (wikitext.smerity.com) refuse urllib's default User-Agent
@@ -44,6 +45,8 @@ ATTEMPTS = 3
 
 Progress = Callable[[str, int, int | None], None]
 """progress(file name, bytes so far, total bytes or None): called as a download advances."""
+Status = Callable[[str], None]
+"""status(message): what the download waits for, before each request."""
 
 
 @dataclass(frozen=True)
@@ -161,21 +164,26 @@ def download(
     registry: Mapping[str, Dataset] | None = None,
     mirror: str | None = None,
     progress: Progress | None = None,
+    status: Status | None = None,
     timeout: float = 60.0,
 ) -> Path:
     """Install dataset `name` into `root/name` (default root: `default_root()`), downloading only
     what is not already there with the pinned digest; returns the dataset folder.
 
     `registry` defaults to `REGISTRY`. `mirror` (default: $RNNKIT_DATA_MIRROR) replaces each
-    file's addresses by `<mirror>/<name>/<file>`. Raises `RnnkitError` when no address gives the
+    file's addresses by `<mirror>/<name>/<file>`. `timeout` bounds each wait for the server (to
+    connect, or for the next bytes), `status` hears what is being waited for. A body longer than
+    the pinned size is cut off there and refused. Raises `RnnkitError` when no address gives the
     pinned bytes, when a file in the way has other content, or when an archive is damaged."""
+    if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
+        raise ParameterError("timeout", f"must be a positive number of seconds, got {timeout!r}")
     dataset = _lookup(name, registry)
     folder = dataset_dir(name, root, registry)
     folder.mkdir(parents=True, exist_ok=True)
     mirror = mirror if mirror is not None else os.environ.get("RNNKIT_DATA_MIRROR") or None
     for remote in dataset.files:
         urls = (f"{mirror.rstrip('/')}/{name}/{remote.name}",) if mirror else remote.urls
-        _fetch(remote, folder, urls, progress, timeout)
+        _fetch(remote, folder, urls, progress, status, timeout)
         if remote.unpack is not None:
             _unpack(folder / remote.name, remote.unpack, folder)
     split_paths(name, folder.parent, registry)  # the archives held every split
@@ -200,7 +208,7 @@ def _lookup(name: str, registry: Mapping[str, Dataset] | None) -> Dataset:
 
 
 def _fetch(remote: RemoteFile, folder: Path, urls: tuple[str, ...], progress: Progress | None,
-           timeout: float) -> None:
+           status: Status | None, timeout: float) -> None:
     """Put `remote` at `folder/remote.name` with its pinned digest, trying `urls` in order."""
     final = folder / remote.name
     if final.exists():
@@ -213,7 +221,7 @@ def _fetch(remote: RemoteFile, folder: Path, urls: tuple[str, ...], progress: Pr
     failures = []
     for url in urls:
         try:
-            _transfer(url, part, remote, progress, timeout)
+            _transfer(url, part, remote, progress, status, timeout)
         except _TransferFailed as error:
             failures.append(f"{url}: {error}")
             continue
@@ -234,16 +242,23 @@ class _TransferFailed(Exception):
     """No (complete) body from one address; the .part file keeps what arrived."""
 
 
-def _transfer(url: str, part: Path, remote: RemoteFile, progress: Progress | None, timeout: float) -> None:
+def _transfer(url: str, part: Path, remote: RemoteFile, progress: Progress | None, status: Status | None,
+              timeout: float) -> None:
     """Append to `part` until it holds the whole body of `url`, resuming after broken transfers."""
     failed_in_a_row = 0
     while True:
         before = part.stat().st_size if part.exists() else 0
         if remote.size is not None and before >= remote.size:
             return  # complete, or too long: the digest decides
+        if status is not None:
+            host = urllib.parse.urlsplit(url).netloc
+            status(f"{remote.name}: waiting for {host} (up to {timeout:g} s; try {failed_in_a_row + 1} of {ATTEMPTS})")
         try:
             _request(url, part, before, remote, progress, timeout)
             return
+        except _TooLong as error:
+            part.unlink(missing_ok=True)
+            raise _TransferFailed(str(error)) from None
         except urllib.error.HTTPError as error:
             error.close()
             if error.code == 416:  # nothing past `before`: the part is already whole
@@ -261,6 +276,10 @@ class _Broken(Exception):
     """The connection closed before the promised number of bytes arrived."""
 
 
+class _TooLong(Exception):
+    """The server sends more bytes than the file's pinned size."""
+
+
 def _request(url: str, part: Path, offset: int, remote: RemoteFile, progress: Progress | None,
              timeout: float) -> None:
     """One GET of `url` from byte `offset`, appended to `part` (rewritten if the server sends the
@@ -275,12 +294,16 @@ def _request(url: str, part: Path, offset: int, remote: RemoteFile, progress: Pr
             offset = 0  # a plain 200: the server ignored the range and sends the whole file
         length = response.headers.get("Content-Length")
         expected = offset + int(length) if length is not None else None
+        if expected is not None and remote.size is not None and expected > remote.size:
+            raise _TooLong(f"the server offers {expected} bytes, more than the pinned {remote.size}")
         total = expected if expected is not None else remote.size
         done = offset
         with open(part, "ab" if offset else "wb") as out:
             if progress is not None:
                 progress(remote.name, done, total)
             while block := response.read(CHUNK_BYTES):
+                if remote.size is not None and done + len(block) > remote.size:
+                    raise _TooLong(f"the server sent more than the pinned {remote.size} bytes; stopped there")
                 out.write(block)
                 done += len(block)
                 if progress is not None:

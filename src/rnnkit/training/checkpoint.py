@@ -7,6 +7,7 @@
     DIR/metrics.jsonl          one JSON object per evaluation
     DIR/trainer_state/         what resuming needs: latest weights, optimizer, scheduler, RNG
                                states, the carried state and the position in the data
+    DIR/.lock                  locked by the process writing the directory (`lock_directory`)
 
 `load_model` picks the model's class by "kind" from a registry that each application fills
 (`register_kind`); a directory of version 1, written before kinds, is a language model. Tensors go
@@ -17,8 +18,9 @@ never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,10 @@ from torch import Tensor, nn
 
 from ..configs import JSONConfig
 from ..errors import RnnkitError
-from ..io import read_json, read_tensors, write_json, write_tensors
+from ..io import read_json, read_tensors, tensor_shapes, write_json, write_tensors
 
 FORMAT, VERSION = "rnnkit-model", 2
-CONFIG, WEIGHTS, STATE_DIR = "config.json", "model.safetensors", "trainer_state"
+CONFIG, WEIGHTS, STATE_DIR, LOCK = "config.json", "model.safetensors", "trainer_state", ".lock"
 
 
 @dataclass(frozen=True)
@@ -56,18 +58,30 @@ def model_tensors(model: nn.Module) -> dict[str, Tensor]:
     """The state dict with tied tensors stored once (safetensors refuses shared memory)."""
     seen: set[int] = set()
     tensors = {}
-    for name, tensor in model.state_dict().items():
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            tensors[name] = tensor
+    for name, tensor in model.state_dict(keep_vars=True).items():  # tied parameters: one object
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            tensors[name] = tensor.detach()
     return tensors
 
 
+def check_shapes(model: nn.Module, path: Path, what: str) -> None:
+    """RnnkitError unless the safetensors file at `path` holds the model's tensors, by name and
+    shape, read from its header alone (nothing allocated: `model` may live on the meta device)."""
+    found = tensor_shapes(path, what)
+    expected = {k: tuple(v.shape) for k, v in model_tensors(model).items()}
+    if found != expected:
+        name = next((k for k in sorted(expected.keys() | found.keys()) if expected.get(k) != found.get(k)))
+        raise RnnkitError(f"{what} in {path} do not match the model in config.json "
+                          f"({name}: {found.get(name, 'missing')} in the file, {expected.get(name, 'none')} in the model)")
+
+
 def load_weights(model: nn.Module, path: Path, what: str = "model weights") -> None:
+    """Load `path` into `model`, its shapes checked first; non-finite values are refused."""
+    check_shapes(model, path, what)
     tensors = read_tensors(path, what)
-    expected = model_tensors(model)
-    if set(tensors) != set(expected) or any(tensors[k].shape != v.shape for k, v in expected.items()):
-        raise RnnkitError(f"{what} in {path} do not match the model in config.json")
+    if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
+        raise RnnkitError(f"{what} in {path} hold non-finite values (NaN or infinity): a run that diverged")
     model.load_state_dict(tensors, strict=False)  # tied aliases are filled by their first name
 
 
@@ -120,6 +134,8 @@ def load_model(
     assets = spec.load_assets(directory)
     if spec.check is not None:
         spec.check(model_config, assets)
+    with torch.device("meta"):  # the config's shapes, against the file's header, before any memory is taken
+        check_shapes(spec.model_class(model_config), directory / WEIGHTS, "model weights")
     model = spec.model_class(model_config)
     load_weights(model, directory / WEIGHTS)
     return model.to(device).eval(), assets
@@ -175,7 +191,92 @@ def load_trainer_state(directory: Path, model: nn.Module) -> dict[str, Any]:
     """Restore the latest weights into `model` and return the training state saved with them."""
     folder = directory / STATE_DIR
     meta = read_json(folder / "state.json", "the trainer state")
+    if not (isinstance(meta, dict) and isinstance(meta.get("step"), int) and isinstance(meta.get("state"), dict)):
+        raise RnnkitError(f"the trainer state in {folder} is damaged (state.json names no step and state); "
+                          f"it cannot be resumed")
     step = meta["step"]
     load_weights(model, folder / f"model-{step}.safetensors", "the trainer state's weights")
     tensors = read_tensors(folder / f"state-{step}.safetensors", "the trainer state")
-    return unflatten_state(meta["state"], tensors)
+    try:
+        return unflatten_state(meta["state"], tensors)
+    except (KeyError, TypeError, ValueError) as e:
+        raise RnnkitError(f"the trainer state in {folder} is damaged ({type(e).__name__}: {e}); it cannot be resumed") from None
+
+
+# -------------------------------------------------------------------- one writer per directory
+
+_HELD: dict[Path, list[int]] = {}  # lock file -> [fd, depth]: flock is per open file, so one per process
+
+
+@contextlib.contextmanager
+def lock_directory(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on DIR/.lock for the block, so that a second process writing the
+    same model directory is refused with an RnnkitError instead of mixing two runs. The operating
+    system drops the lock with the process, SIGKILL included, so a killed run never leaves it
+    stuck. Re-entrant within a process. (POSIX flock; where there is none, no lock is taken.)"""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    path = (directory / LOCK).resolve()
+    if path in _HELD:
+        _HELD[path][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[path][1] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RnnkitError(f"{directory} is being written by another rnnkit process (pid {holder}); "
+                          f"wait for it to finish, or write somewhere else") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def check_target(directory: Path, force: bool = False) -> None:
+    """RnnkitError unless a run may write into `directory`: it does not exist, is empty, holds an
+    rnnkit model (config.json), or was started by rnnkit (its .lock is there: a run stopped before
+    its first save). Anything else is a folder of someone's files, which `force` overrides."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise RnnkitError(f"{directory} is a file, not a folder for a model")
+    if (directory / CONFIG).exists():
+        read_config(directory)  # an rnnkit model's, or an error saying what it is
+        return
+    theirs = sorted(p.name for p in directory.iterdir() if p.name != LOCK)
+    if theirs and not (directory / LOCK).exists() and not force:
+        shown = ", ".join(theirs[:3]) + (", ..." if len(theirs) > 3 else "")
+        raise RnnkitError(f"{directory} holds files that are not an rnnkit model ({shown}); write the model to "
+                          f"an empty or new folder, or force it")
+
+
+def remove_orphans(directory: Path) -> list[Path]:
+    """Delete what a killed run can leave behind and nothing names: temp files of interrupted
+    writes, and trainer-state files of other steps than the one state.json names. Returns them."""
+    state = directory / STATE_DIR
+    keep: set[str] = set()
+    if (state / "state.json").exists():
+        step = read_json(state / "state.json", "the trainer state").get("step")
+        keep = {f"model-{step}.safetensors", f"state-{step}.safetensors", "state.json"}
+    orphans = [p for folder in (directory, state) if folder.is_dir() for p in folder.iterdir()
+               if p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp")]
+    if state.is_dir():
+        orphans += [p for p in state.iterdir() if p.name not in keep and p.suffix == ".safetensors"]
+    for path in orphans:
+        path.unlink(missing_ok=True)
+    return orphans

@@ -109,9 +109,14 @@ class TrainConfig(JSONConfig):
         return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
 
 
-# Settings that may change on resume: how long to go on and how often to report; any other change
-# would not continue the same run.
-RESUMABLE_CHANGES = {"epochs", "max_minutes", "device", "eval_every", "checkpoint_every", "log_every", "early_stop"}
+# Settings that may change on resume: how long to go on, how often to report, and the optimizer's
+# rate, clipping and schedule (to go on at a lower rate after a divergence, say); the others (the
+# optimizer, the batches, the seed) would make another run.
+RESUMABLE_CHANGES = {
+    "epochs", "max_minutes", "device", "eval_every", "checkpoint_every", "log_every", "early_stop", "eval_batch_size",
+    "bf16", "lr", "clip", "weight_decay", "schedule", "lr_decay", "decay_start", "patience",
+}
+SCHEDULE_FIELDS = ("lr", "schedule", "lr_decay", "decay_start", "patience")
 
 
 class Task(ABC):
@@ -216,6 +221,16 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
+def schedule_factor(config: TrainConfig, total_steps: int, step: int, epoch: int) -> float:
+    """lr / the base rate after `step` steps and `epoch` epochs, as `make_schedule`'s schedules set
+    it (plateau and none: 1, as when they start)."""
+    if config.schedule == "cosine":
+        return (1 + math.cos(math.pi * step / total_steps)) / 2
+    if config.schedule == "exponential":
+        return config.lr_decay ** max(0, epoch + 1 - config.decay_start)
+    return 1.0
+
+
 def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Any:
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -277,9 +292,9 @@ def _finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
-def check_resume(directory: Path, model: nn.Module, config: TrainConfig, assets: Mapping[str, Asset]) -> None:
+def check_resume(directory: Path, model: nn.Module, config: TrainConfig, assets: Mapping[str, Asset]) -> TrainConfig:
     """RnnkitError unless the run saved in `directory` is this one: the same model config and
-    assets, and the same training settings but for RESUMABLE_CHANGES."""
+    assets, and the same training settings but for RESUMABLE_CHANGES. Returns the saved settings."""
     saved = ckpt.read_config(directory)
     if saved["kind"] != model.kind:
         raise RnnkitError(f"{directory} holds a {saved['kind']!r} model, not {model.kind!r}")
@@ -299,6 +314,7 @@ def check_resume(directory: Path, model: nn.Module, config: TrainConfig, assets:
     changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved_train[k] != v)
     if changed:
         raise RnnkitError(f"resume with other training settings ({', '.join(changed)}) than the run in {directory}")
+    return type(config).from_dict(saved.get("train", {}))
 
 
 def fit(
@@ -323,20 +339,22 @@ def fit(
     "early_stop", "time_budget" or "interrupted"), "history" (every evaluation) and "device".
     """
     assets = dict(assets or {})
-    directory = None if directory is None else Path(directory)
     device = resolve_device(config.device)
-    if directory is not None:
+    if directory is None:
+        return _Run(model, task, config, device, None, assets, callbacks).train()
+    directory = Path(directory)
+    with ckpt.lock_directory(directory):  # one writer: a second process is refused here
         if resume:
-            check_resume(directory, model, config, assets)
+            saved_config = check_resume(directory, model, config, assets)
+            ckpt.remove_orphans(directory)
         elif (directory / ckpt.CONFIG).exists():
             raise RnnkitError(f"{directory} already holds a model: resume it, or write to another directory")
-        callbacks = [MetricsFile(directory), *callbacks]
-    run = _Run(model, task, config, device, directory, assets, callbacks)
-    if resume and directory is not None and ckpt.has_trainer_state(directory):
-        run.restore()
-    elif directory is not None and not resume:
-        ckpt.save_model(directory, model, assets, config)
-    return run.train()
+        run = _Run(model, task, config, device, directory, assets, [MetricsFile(directory), *callbacks])
+        if resume and ckpt.has_trainer_state(directory):
+            run.restore(saved_config)
+        elif not resume:
+            ckpt.save_model(directory, model, assets, config)
+        return run.train()
 
 
 class _Run:
@@ -359,12 +377,26 @@ class _Run:
         self.logged = 0  # losses in the buffer
         self.tokens, self.clock = 0, time.perf_counter()  # since the last report
 
-    def restore(self) -> None:
-        """Continue from the trainer state saved in the directory."""
+    def restore(self, saved_config: TrainConfig) -> None:
+        """Continue from the trainer state saved in the directory. Where the rate or its schedule
+        changed, the new schedule takes over from the new base rate, where the run stands."""
         saved = ckpt.load_trainer_state(self.directory, self.model)
+        self.st = LoopState.from_dict(saved.get("loop", saved.get("trainer", {})))
+        config = self.config
         self.optimizer.load_state_dict(saved["optimizer"])
-        if self.scheduler is not None:
+        for group in self.optimizer.param_groups:
+            group["weight_decay"] = config.weight_decay
+        if any(getattr(saved_config, f) != getattr(config, f) for f in SCHEDULE_FIELDS):
+            lr = config.learning_rate * schedule_factor(config, self.total_steps, self.st.step, self.st.epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"], group["initial_lr"] = lr, config.learning_rate
+            if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.base_lrs = [config.learning_rate] * len(self.optimizer.param_groups)
+                self.scheduler.last_epoch = self.st.step if config.schedule == "cosine" else self.st.epoch
+        elif self.scheduler is not None:
             self.scheduler.load_state_dict(saved["scheduler"])
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+                self.scheduler.T_max = self.total_steps  # more epochs: the same curve, stretched
         torch.set_rng_state(saved["rng"])
         if self.device.type == "cuda" and "cuda_rng" in saved:
             torch.cuda.set_rng_state(saved["cuda_rng"])
@@ -373,7 +405,6 @@ class _Run:
         if carry is not None:
             carry = tuple(c.to(self.device) for c in carry) if isinstance(carry, tuple) else carry.to(self.device)
         self.carry = carry
-        self.st = LoopState.from_dict(saved.get("loop", saved.get("trainer", {})))
 
     def report(self, event: str, info: dict[str, Any]) -> None:
         for callback in self.callbacks:

@@ -83,17 +83,22 @@ def sample(
     temperature 0 is greedy decoding; otherwise tokens are drawn from softmax(logits / temperature)
     restricted by top_k and top_p (see `rnnkit.decoding.sample`); `seed` makes the draw repeatable.
     """
-    decoding.sampling.check_sampling(length, temperature, top_k, top_p)
+    decoding.sampling.check_sampling(length, temperature, top_k, top_p)  # now, not at the first token
     log_probs, state = read_prompts(model, tokenizer, [prompt])
     generator = torch.Generator(device=_device(model))
     if seed is not None:
         generator.manual_seed(seed)
-    text = tokenizer.stream()
-    for tokens in decoding.sample(model, log_probs, state, length, temperature, top_k, top_p, generator):
-        piece = text.step(int(tokens[0]))
-        if piece:
+    tokens = decoding.sample(model, log_probs, state, length, temperature, top_k, top_p, generator)
+    return _text(tokenizer, (int(t[0]) for t in tokens))
+
+
+def _text(tokenizer: Tokenizer, ids: Iterator[int]) -> Iterator[str]:
+    """The text of ids as they come, whole characters only (see `Tokenizer.stream`)."""
+    stream = tokenizer.stream()
+    for i in ids:
+        if piece := stream.step(i):
             yield piece
-    if tail := text.flush():
+    if tail := stream.flush():
         yield tail
 
 

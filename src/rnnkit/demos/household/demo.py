@@ -24,6 +24,7 @@ from ...diagnostics import attribute, plot_attribution
 from ...errors import RnnkitError
 from ...io import read_json, save_figure, write_json
 from ...training import Callback, load_model
+from ...training.checkpoint import lock_directory
 from . import corpus as household
 from .memory import MODELS, MemoryConfig, format_table, run_memory
 
@@ -48,6 +49,13 @@ def run_demo(
     out/attribution.png, out/memory/ and out/demo.json; return the report and the memory report,
     or None when training was interrupted (it resumes on the next call). `callback` sees the
     training loop's events, `memory_progress(model, steps)` the memory models' training."""
+    with lock_directory(out):  # one demo at a time in `out`
+        return _run_demo(out, retrain, callback, memory_progress)
+
+
+def _run_demo(
+    out: Path, retrain: bool, callback: Callback | None, memory_progress: Callable[[str, int], None] | None
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
     model_dir = trained_model(out, retrain=retrain, callback=callback)
     if model_dir is None:
         return None
