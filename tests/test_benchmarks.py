@@ -29,6 +29,16 @@ def test_throughput_quick_reports_both_loops_and_inference():
     assert report["machine"]["torch"] == torch.__version__
 
 
+def test_generation_quick_streams_what_decoding_gives():
+    done = _run("generation.py", "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert {r["tokenizer"] for r in results} == {"bpe", "word"}
+    for r in results:
+        assert len(r["tokens_per_s"]) == 4 and all(rate > 0 for rate in r["tokens_per_s"])
+        assert r["streamed_equals_decoded"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_gpu_runs_skip_with_a_message_without_a_gpu():
     done = _run("throughput.py", "--device", "cuda")

@@ -271,3 +271,15 @@ def test_a_second_trainer_on_the_same_directory_is_refused_and_the_first_finishe
     resumed = subprocess.run([*args[:-len(SMALL)], "--out", str(tmp_path / "k"), *SMALL, "--epochs", "1", "--resume"],
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_evaluate_reads_the_text_through_a_memmap_not_memory(model_dir, monkeypatch, capsys):
+    import numpy as np
+
+    from rnnkit.cli import use
+
+    seen = []
+    real = use.evaluate
+    monkeypatch.setattr(use, "evaluate", lambda model, ids: seen.append(type(ids)) or real(model, ids))
+    assert main(["evaluate", str(model_dir), "--data", str(model_dir.parent / "animals.txt"), "--json"]) == 0
+    assert seen == [np.memmap] and json.loads(capsys.readouterr().out)["tokens"] > 1000
