@@ -10,7 +10,7 @@ record valid/test perplexity, wall time and tokens/s; plot validation perplexity
 With --record a finished run is kept as docs/runs/<recipe>-<cpu|gpu>.json (results and every
 evaluation), and the table in docs/benchmarks.md and docs/img/ptb-valid-vs-time.png are redrawn
 from all the runs kept there (--plot redraws them alone). Recipes are the presets
-in src/rnnkit/presets/ (`rnnkit train --config NAME`). The data comes from --data (default: the
+in src/rnnkit/apps/lm/presets/ (`rnnkit train --config NAME`). The data comes from --data (default: the
 shared copy beside the project, else `rnnkit data get ptb`'s folder); the script says so and exits
 0 when it is absent, and likewise when a GPU recipe finds no GPU.
 """

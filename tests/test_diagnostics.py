@@ -224,7 +224,7 @@ def test_gradients_command_at_initialisation_only(cli, tmp_path, capsys):
         (["--hidden", "0"], "--hidden must be at least 1"),
         (["--steps", "1"], "--steps must be at least 2"),
         (["--train-steps", "-1"], "--train-steps must be at least 0"),
-        (["--lr", "0"], "lr must be a positive number"),
+        (["--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
         (["--device", "nonsense"], "--device 'nonsense'"),
     ],
 )

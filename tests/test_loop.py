@@ -3,6 +3,7 @@ accumulation, callbacks, resuming a task that draws random batches, and non-fini
 never reach a checkpoint."""
 
 import json
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -123,6 +124,8 @@ def test_a_crashed_run_resumes_from_its_checkpoint_to_the_same_weights(tmp_path)
         assert torch.equal(a, b)
     a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "crashed" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(line)["step"] for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_a_non_finite_loss_stops_the_run_before_it_reaches_a_checkpoint(tmp_path):
@@ -132,5 +135,84 @@ def test_a_non_finite_loss_stops_the_run_before_it_reaches_a_checkpoint(tmp_path
         fit(_model(), RegressionTask(steps=30, batch=8, nan_at=7), config, tmp_path / "m")
     state = json.loads((tmp_path / "m" / "trainer_state" / "state.json").read_text())
     assert state["step"] == 5
-    for name in ("model.safetensors", "trainer_state/model-5.safetensors"):
+    for name in ("model.safetensors", *(f"trainer_state/{f}" for f in state["files"])):
         assert all(torch.isfinite(t).all() for t in load_file(tmp_path / "m" / name).values())
+
+
+def test_the_last_short_group_of_an_accumulation_is_a_mean_of_its_own():
+    """Batches a1, a2, b with accumulate=2 step on mean(a1, a2), then on b alone: as A, b do."""
+    x = torch.randn(3, 8, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    class Fixed(RegressionTask):
+        def __init__(self, batches):
+            super().__init__(steps=len(batches), batch=8)
+            self.fixed = batches
+
+        def batches(self, device):
+            return [(i, b) for i, b in enumerate(self.fixed)]
+
+    common = dict(epochs=1, batch_size=8, optimizer="sgd", lr=0.1, clip=None, schedule="none", checkpoint_every=None,
+                  device="cpu")
+    split, whole = _model(), _model()
+    fit(split, Fixed([x[0, :4], x[0, 4:], x[1]]), TrainConfig(accumulate=2, **common))
+    fit(whole, Fixed([x[0], x[1]]), TrainConfig(**common))
+    for a, b in zip(split.parameters(), whole.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_a_task_without_batches_is_an_error_not_a_crash():
+    with pytest.raises(RnnkitError, match="no batches"):
+        fit(_model(), RegressionTask(steps=0, batch=8), TrainConfig(device="cpu"))
+
+
+class Worsening(RegressionTask):
+    """A validation loss that grows at every evaluation: a plateau schedule decays at each."""
+
+    calls = 0
+
+    def evaluate(self, model):
+        Worsening.calls += 1
+        return {"loss": float(Worsening.calls)}
+
+
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_resuming_at_another_rate_scales_the_schedule_where_it_stands(tmp_path, schedule):
+    def config(**changes):
+        return TrainConfig(**{**dict(epochs=4, batch_size=8, optimizer="sgd", lr=0.1, schedule=schedule, lr_decay=0.5,
+                                     checkpoint_every=None, device="cpu"), **changes})
+
+    lrs = []
+    fit(_model(), Worsening(steps=5, batch=8), config(epochs=2), tmp_path / "m",
+        callbacks=[lambda e, info: lrs.append(info["lr"]) if e == "eval" else None])
+    resumed = []
+    fit(_model(), Worsening(steps=5, batch=8), config(lr=0.3), tmp_path / "m", resume=True,
+        callbacks=[lambda e, info: resumed.append(info["lr"]) if e == "step" else None])
+    if schedule == "plateau":  # the second evaluation was worse: 0.1 * 0.5, and now three times that
+        assert lrs == pytest.approx([0.1, 0.05]) and resumed[0] == pytest.approx(0.15)
+    else:  # the cosine over 20 steps, from the new base, at step 10 (and the next 5)
+        assert resumed[0] == pytest.approx(0.3 * (1 + math.cos(math.pi * 15 / 20)) / 2)
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())["train"]
+    assert saved["lr"] == 0.3  # the directory says how the run goes on
+
+
+def test_a_second_thread_is_refused_the_directory_one_holds(tmp_path):
+    import threading
+
+    from rnnkit.training.checkpoint import lock_directory
+
+    errors = []
+    with lock_directory(tmp_path / "m"), lock_directory(tmp_path / "m"):  # re-entrant in its own thread
+        thread = threading.Thread(target=lambda: errors.append(_try_lock(tmp_path / "m")))
+        thread.start()
+        thread.join()
+    assert errors == ["being written by another thread"]
+
+
+def _try_lock(directory):
+    from rnnkit.training.checkpoint import lock_directory
+
+    try:
+        with lock_directory(directory):
+            return None
+    except RnnkitError as e:
+        return "being written by another thread" if "another thread" in str(e) else str(e)

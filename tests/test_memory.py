@@ -51,8 +51,8 @@ def test_data_prompts_end_before_their_device_and_buckets_cover_the_distances():
     ({"buckets": (5, 10)}, "the first at most 4"),
     ({"buckets": (4, 4)}, "increasing"),
     ({"buckets": (4, 50)}, "at most max_distance"),
-    ({"max_distance": 3}, "at least 4"),
-    ({"window": 0}, "window must be a positive integer"),
+    ({"max_distance": 3}, "max_distance must be an integer >= 4"),
+    ({"window": 0}, "window must be an integer >= 1"),
 ])
 def test_config_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -189,7 +189,7 @@ def test_memory_command_writes_its_files_and_json(cli, tmp_path, capsys):
     (["--models", "lstm,transformer"], "unknown model 'transformer' in --models"),
     (["--buckets", "4,x"], "--buckets must be comma-separated integers"),
     (["--buckets", "6,10"], "the first at most 4"),
-    (["--window", "0"], "window must be a positive integer"),
+    (["--window", "0"], "--window must be an integer >= 1, got 0"),
 ])
 def test_memory_command_bad_settings_fail_in_one_line(cli, tmp_path, capsys, argv, message):
     assert cli(["memory", "--out", str(tmp_path / "m"), *argv]) == 1

@@ -82,7 +82,7 @@ def _bad_inputs(tmp_path: Path, model_dir: Path) -> list[tuple[list[str], str]]:
     return [
         ([*train[:-len(SMALL)], "--hidden", "0"], "--hidden must be an integer >= 1, got 0"),
         ([*train[:-len(SMALL)], "--hidden", "-1"], "--hidden must be an integer >= 1, got -1"),
-        ([*train[:-len(SMALL)], "--layers", "0"], "--layers must be an integer >= 1, got 0"),
+        ([*train[:-len(SMALL)], "--layers", "0"], "--layers must be an integer >= 1 and <= 256, got 0"),
         ([*train, "--clip", "-1"], "--clip must be a finite number > 0, got -1.0"),
         ([*train, "--lr", "inf"], "--lr must be a finite number > 0, got inf"),
         ([*train, "--dropout", "1.5"], "--dropout must be a number in [0, 1), got 1.5"),
@@ -109,7 +109,7 @@ def _bad_inputs(tmp_path: Path, model_dir: Path) -> list[tuple[list[str], str]]:
         (["predict", str(_crafted(tmp_path, model_dir, "str", hidden_size="16")), "x"], "hidden_size must be an integer"),
         (["predict", str(_crafted(tmp_path, model_dir, "float", hidden_size=16.0)), "x"], "hidden_size must be an integer"),
         (["predict", str(_crafted(tmp_path, model_dir, "foo", cell="foo")), "x"], "cell 'foo' is unknown"),
-        (["predict", str(_crafted(tmp_path, model_dir, "neg", num_layers=-1)), "x"], "num_layers must be an integer"),
+        (["predict", str(_crafted(tmp_path, model_dir, "neg", num_layers=-1)), "x"], "num_layers must be an integer >= 1 and <= 256, got -1"),
         (["predict", str(_crafted(tmp_path, model_dir, "big", hidden_size=6000)), "x"], "do not match the model"),
         (["generate", m, "--temperature", "nan"], "--temperature must be a finite number >= 0"),
         (["generate", m, "--temperature", "-1"], "--temperature must be a finite number >= 0"),
@@ -119,11 +119,16 @@ def _bad_inputs(tmp_path: Path, model_dir: Path) -> list[tuple[list[str], str]]:
         (["evaluate", m, "--data", str(binary)], "looks like a binary file"),
         (["evaluate", m, "--data", str(empty)], "file is empty"),
         (["evaluate", m, "--data", str(one)], "needs at least 2"),
-        (["memory", "--steps", "-1", "--out", str(tmp_path / "mem")], "steps must be at least 0"),
+        (["memory", "--steps", "-1", "--out", str(tmp_path / "mem")], "--steps must be an integer >= 0, got -1"),
         (["gradients", "--steps", "1", "--out", str(tmp_path / "g")], "--steps must be at least 2"),
         (["tasks", "adding", "--lengths", "x", "--out", str(tmp_path / "t")], "--lengths must be comma-separated"),
         (["demo", "--out", str(a_file)], "exists and is not a folder"),
         (["data", "household", "--out", str(tmp_path / "h.txt"), "--sentences", "0"], "sentences"),
+        ([*train, "--seed", str(10**23)], "--seed must be an integer >= 0 and < 9223372036854775808"),
+        (["generate", m, "--seed", "-1"], "--seed must be an integer >= 0"),
+        (["tasks", "adding", "--seed", str(10**23), "--out", str(tmp_path / "t")], "--seed must be an integer"),
+        ([*train[:-len(SMALL)], "--hidden", "2000000000", "--layers", "1"], "not enough memory"),
+        (["data", "get", "ptb", "--dir", str(tmp_path / "d"), "--timeout", "1e10"], "--timeout must be a positive number"),
     ]
 
 
@@ -211,13 +216,17 @@ def test_resume_removes_what_a_killed_run_left_behind(tmp_path):
                          device="cpu")
     fit(_model(), RegressionTask(steps=10, batch=8), config, tmp_path / "m")
     state = tmp_path / "m" / STATE_DIR
-    orphans = [state / "model-3.safetensors", state / ".state.json.abc.tmp", tmp_path / "m" / ".model.safetensors.x.tmp"]
+    (tmp_path / "m" / "data").mkdir()
+    orphans = [state / "model-3-0.safetensors", state / ".state.json.abc.tmp", tmp_path / "m" / ".model.safetensors.x.tmp",
+               tmp_path / "m" / "data" / ".train.bin.y.tmp"]
     for path in orphans:
         path.write_bytes(b"half")
     fit(_model(), RegressionTask(steps=10, batch=8), config.__class__(**{**config.to_dict(), "epochs": 3}),
         tmp_path / "m", resume=True)
     assert not any(path.exists() for path in orphans)
-    assert sorted(p.name for p in state.iterdir()) == ["model-30.safetensors", "state-30.safetensors", "state.json"]
+    named = json.loads((state / "state.json").read_text())["files"]
+    assert sorted(p.name for p in state.iterdir()) == sorted([*named, "state.json"])
+    assert named[0].startswith("model-30-")
 
 
 def test_a_one_token_validation_split_is_refused_when_the_corpus_is_built(tmp_path):
@@ -283,3 +292,40 @@ def test_evaluate_reads_the_text_through_a_memmap_not_memory(model_dir, monkeypa
     monkeypatch.setattr(use, "evaluate", lambda model, ids: seen.append(type(ids)) or real(model, ids))
     assert main(["evaluate", str(model_dir), "--data", str(model_dir.parent / "animals.txt"), "--json"]) == 0
     assert seen == [np.memmap] and json.loads(capsys.readouterr().out)["tokens"] > 1000
+
+
+def test_resume_goes_on_with_the_saved_settings_and_changes_only_what_a_flag_names(tmp_path, model_dir, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(model_dir.parent / "animals.txt"), "--out", str(out), *SMALL]
+    assert main([*args, "--epochs", "1", "--lr", "0.7", "--schedule", "cosine", "--optimizer", "sgd"]) == 0
+    assert main([*args, "--resume", "--epochs", "2"]) == 0  # no --lr, --schedule or --optimizer again
+    saved = json.loads((out / "config.json").read_text())["train"]
+    assert (saved["lr"], saved["schedule"], saved["optimizer"], saved["epochs"]) == (0.7, "cosine", "sgd", 2)
+
+
+def test_a_damaged_state_json_never_costs_the_checkpoint_it_names(tmp_path):
+    from rnnkit.training.checkpoint import remove_orphans
+
+    config = TrainConfig(epochs=1, batch_size=8, optimizer="sgd", lr=0.01, schedule="none", checkpoint_every=5,
+                         device="cpu")
+    fit(_model(), RegressionTask(steps=10, batch=8), config, tmp_path / "m")
+    state = tmp_path / "m" / STATE_DIR
+    tensors = sorted(state.glob("*.safetensors"))
+    for damaged in ('{"state": {}}', "[1, 2]", "{not json"):
+        (state / "state.json").write_text(damaged)
+        remove_orphans(tmp_path / "m")
+        assert sorted(state.glob("*.safetensors")) == tensors
+
+
+def test_generation_without_a_seed_draws_anew_and_with_one_repeats(model_dir, capsys):
+    texts = []
+    for seed in ([], [], ["--seed", "3"], ["--seed", "3"]):
+        assert main(["generate", str(model_dir), "--length", "30", *seed]) == 0
+        texts.append(capsys.readouterr().out)
+    assert texts[0] != texts[1] and texts[2] == texts[3]
+
+
+def test_nothing_to_train_is_not_an_error_for_the_diagnostics(tmp_path, capsys):
+    assert main(["tasks", "adding", "--train-steps", "0", "--lengths", "5", "--cells", "gru", "--out", str(tmp_path / "t")]) == 0
+    assert main(["memory", "--steps", "0", "--models", "gru", "--train-sentences", "40", "--test-sentences", "20",
+                 "--out", str(tmp_path / "m"), "--quiet"]) == 0

@@ -163,7 +163,7 @@ def test_tasks_command_end_to_end(cli, tmp_path, capsys, task):
         (["copy", "--lengths", "0"], "integers >= 1"),
         (["copy", "--cells", "lstm,rnn"], "unknown cell 'rnn'"),
         (["copy", "--eval-every", "0"], "--eval-every must be at least 1"),
-        (["copy", "--clip", "0"], "clip must be a positive number"),
+        (["copy", "--clip", "0"], "--clip must be a finite number > 0, got 0.0"),
     ],
 )
 def test_tasks_command_bad_input(cli, tmp_path, capsys, args, message):

@@ -133,7 +133,7 @@ def test_errors_name_the_flag_that_set_the_value(capsys, trained, tmp_path, corp
         capsys, 1, "train", "--data", str(corpus_file), "--out", out, "--batch-size", "-2")
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"model": {"num_layers": 0}}))  # set in a file: the field's own name
-    assert "num_layers must be an integer >= 1, got 0" in _one_line_error(
+    assert "num_layers must be an integer >= 1 and <= 256, got 0" in _one_line_error(
         capsys, 1, "train", "--data", str(corpus_file), "--out", out, "--config", str(config))
     assert "cell 'foo' is unknown" in _one_line_error(
         capsys, 1, "train", "--data", str(corpus_file), "--out", out, "--cell", "foo")

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeVar
 from .errors import ParameterError
 
 C = TypeVar("C", bound="JSONConfig")
+SEED_LIMIT = 2**63  # seeds are in [0, SEED_LIMIT): what torch.manual_seed and a Generator take
 
 
 class JSONConfig:
@@ -41,6 +42,18 @@ class JSONConfig:
         return cls(**data)
 
 
+def check_positive_integer(name: str, value: object) -> None:
+    """ParameterError unless `value` is an int >= 1 (bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParameterError(name, f"must be a positive integer, got {value!r}")
+
+
+def check_seed(value: object) -> None:
+    """ParameterError unless `value` is a seed a generator takes: an int in [0, SEED_LIMIT)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < SEED_LIMIT:
+        raise ParameterError("seed", f"must be an integer >= 0 and < {SEED_LIMIT}, got {value!r}")
+
+
 class FieldChecks:
     """Type and range checks of a config's fields, each failure a ParameterError naming the field."""
 
@@ -50,13 +63,20 @@ class FieldChecks:
     def _get(self, name: str) -> Any:
         return getattr(self.config, name)
 
-    def integer(self, name: str, minimum: int | None = None, optional: bool = False) -> None:
+    def integer(self, name: str, minimum: int | None = None, optional: bool = False, maximum: int | None = None) -> None:
+        """An int from `minimum` to `maximum`."""
         value = self._get(name)
         if optional and value is None:
             return
-        if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-            at_least = "" if minimum is None else f" >= {minimum}"
-            raise ParameterError(name, f"must be an integer{at_least}, got {value!r}")
+        low = minimum is not None and isinstance(value, int) and value < minimum
+        high = maximum is not None and isinstance(value, int) and value > maximum
+        if isinstance(value, bool) or not isinstance(value, int) or low or high:
+            bounds = "" if minimum is None else f" >= {minimum}"
+            bounds += "" if maximum is None else f" and <= {maximum}"
+            raise ParameterError(name, f"must be an integer{bounds}, got {value!r}")
+
+    def seed(self) -> None:
+        check_seed(self._get("seed"))
 
     def number(self, name: str, positive: bool = False, optional: bool = False) -> None:
         value = self._get(name)

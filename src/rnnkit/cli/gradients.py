@@ -30,7 +30,6 @@ from ..diagnostics import (
     plot_gradient_flow,
     plot_iterated_tanh,
 )
-from ..errors import RnnkitError
 from ..io import save_figure, write_csv, write_json
 from ..training import load_model, read_config, resolve_device
 from .common import at_least, flag_values, name_list, output_dir
@@ -67,7 +66,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds weights and data (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--out", default="gradients", help="output folder (default: %(default)s)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, params={"hidden_size": "hidden", "num_layers": "layers", "steps": "train_steps", "batch_size": "train_batch"})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,14 +76,11 @@ def run(args: argparse.Namespace) -> int:
     at_least("steps", args.steps, 2)
     at_least("train_steps", args.train_steps, 0)
     at_least("jacobian_batch", args.jacobian_batch, 0)
-    try:
-        config = TaskConfig(
-            hidden_size=args.hidden, num_layers=args.layers, steps=args.train_steps,
-            batch_size=args.train_batch, lr=args.lr, test_size=max(TEST_SIZE, args.batch),
-            eval_every=max(1, args.train_steps), seed=args.seed,
-        )
-    except ValueError as error:
-        raise RnnkitError(str(error)) from None
+    config = TaskConfig(
+        hidden_size=args.hidden, num_layers=args.layers, steps=args.train_steps,
+        batch_size=args.train_batch, lr=args.lr, test_size=max(TEST_SIZE, args.batch),
+        eval_every=max(1, args.train_steps), seed=args.seed,
+    )
     device = resolve_device(args.device)
     out = output_dir(args.out)
 

@@ -73,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {error.filename}" if error.filename else ""
         print(f"rnnkit: error: {error.strerror or error}{where}", file=sys.stderr)
         return 1
+    except (MemoryError, RuntimeError) as error:  # PyTorch's allocators raise RuntimeError
+        if isinstance(error, RuntimeError) and "allocate" not in str(error):
+            raise
+        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"rnnkit: error: not enough memory ({said}); try a smaller model or batch", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("rnnkit: interrupted", file=sys.stderr)
         return 130

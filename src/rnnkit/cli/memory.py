@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from ..demos.household.memory import DEFAULT_BUCKETS, FILES, MODELS, MemoryConfig, format_table, run_memory
-from ..errors import RnnkitError
 from .common import int_list, name_list, output_dir
 
 
@@ -45,20 +44,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default="memory", help="output folder (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, params={"hidden_size": "hidden", "embedding_size": "embedding", "batch_size": "batch"})
 
 
 def run(args: argparse.Namespace) -> int:
     models = name_list(args.models, MODELS, "--models", "model")
     buckets = None if args.buckets is None else tuple(int_list(args.buckets, "--buckets", minimum=0))
-    try:
-        config = MemoryConfig(
-            max_distance=args.max_distance, buckets=buckets, train_sentences=args.train_sentences,
-            test_sentences=args.test_sentences, hidden_size=args.hidden, embedding_size=args.embedding,
-            window=args.window, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
-        )
-    except ValueError as error:
-        raise RnnkitError(str(error)) from None
+    config = MemoryConfig(
+        max_distance=args.max_distance, buckets=buckets, train_sentences=args.train_sentences,
+        test_sentences=args.test_sentences, hidden_size=args.hidden, embedding_size=args.embedding,
+        window=args.window, steps=args.steps, batch_size=args.batch, lr=args.lr, seed=args.seed,
+    )
     out = output_dir(args.out)
     with StepBars(quiet=args.quiet or args.json, total=config.steps * len(models)) as progress:
         report = run_memory(config, models, out, progress=progress)

@@ -11,7 +11,6 @@ import argparse
 from typing import Any
 
 from ..diagnostics import TASKS, TaskConfig, plot_task_curves, train_task
-from ..errors import RnnkitError
 from ..io import save_figure, write_csv, write_json
 from ..training import resolve_device
 from .common import at_least, flag_values, int_list, name_list, output_dir
@@ -39,7 +38,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds weights and data (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--out", default="tasks", help="output folder (default: %(default)s)")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, params={"hidden_size": "hidden", "num_layers": "layers", "steps": "train_steps", "batch_size": "batch"})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,14 +48,11 @@ def run(args: argparse.Namespace) -> int:
     for name in ("hidden", "layers", "batch", "test_size", "eval_every"):
         at_least(name, getattr(args, name), 1)
     at_least("train_steps", args.train_steps, 0)
-    try:
-        config = TaskConfig(
-            hidden_size=args.hidden, num_layers=args.layers, steps=args.train_steps,
-            batch_size=args.batch, lr=args.lr, clip=args.clip, test_size=args.test_size,
-            eval_every=args.eval_every, seed=args.seed,
-        )
-    except ValueError as error:
-        raise RnnkitError(str(error)) from None
+    config = TaskConfig(
+        hidden_size=args.hidden, num_layers=args.layers, steps=args.train_steps,
+        batch_size=args.batch, lr=args.lr, clip=args.clip, test_size=args.test_size,
+        eval_every=args.eval_every, seed=args.seed,
+    )
     device = resolve_device(args.device)
     out = output_dir(args.out)
 

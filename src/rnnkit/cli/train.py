@@ -15,7 +15,7 @@ from ..demos.household.corpus import default_corpus
 from ..errors import RnnkitError
 from ..io import read_json
 from ..training import ProgressBar, read_config
-from ..training.checkpoint import check_target, lock_directory
+from ..training.checkpoint import check_target, lock_directory, remove_orphans
 from ..training.loop import OPTIMIZERS, SCHEDULES
 
 # flag -> (section, field); every flag defaults to None so that --config and the defaults show through
@@ -94,10 +94,13 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(data) - {"tokenizer", "vocab_size"}
     if unknown:
         raise RnnkitError(f"unknown data setting(s): {', '.join(sorted(unknown))}")
-    config = LMTrainConfig.from_dict(train_fields)
     out: Path = args.out
+    if args.resume and (out / "config.json").exists():  # go on as saved; flags change what they name
+        train_fields = {**read_config(out).get("train", {}), **train_fields}
+    config = LMTrainConfig.from_dict(train_fields)
     check_target(out, force=args.force)
     with lock_directory(out):  # a second `rnnkit train` on the same --out is refused here
+        remove_orphans(out)  # what a killed run left; no other writer is here now
         return _train(args, out, config, model_fields, data)
 
 

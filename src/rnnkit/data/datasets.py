@@ -42,6 +42,7 @@ CHUNK_BYTES = 1 << 20
 # broken transfers retried in a row, per address, before moving on; a transfer that made progress
 # does not count against the next one
 ATTEMPTS = 3
+MAX_TIMEOUT = 86400  # seconds: a day; sockets refuse much longer waits
 
 Progress = Callable[[str, int, int | None], None]
 """progress(file name, bytes so far, total bytes or None): called as a download advances."""
@@ -175,8 +176,8 @@ def download(
     connect, or for the next bytes), `status` hears what is being waited for. A body longer than
     the pinned size is cut off there and refused. Raises `RnnkitError` when no address gives the
     pinned bytes, when a file in the way has other content, or when an archive is damaged."""
-    if not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
-        raise ParameterError("timeout", f"must be a positive number of seconds, got {timeout!r}")
+    if not (isinstance(timeout, (int, float)) and 0 < timeout <= MAX_TIMEOUT):
+        raise ParameterError("timeout", f"must be a positive number of seconds, at most {MAX_TIMEOUT}, got {timeout!r}")
     dataset = _lookup(name, registry)
     folder = dataset_dir(name, root, registry)
     folder.mkdir(parents=True, exist_ok=True)
@@ -293,6 +294,8 @@ def _request(url: str, part: Path, offset: int, remote: RemoteFile, progress: Pr
         if response.status != 206:
             offset = 0  # a plain 200: the server ignored the range and sends the whole file
         length = response.headers.get("Content-Length")
+        if length is not None and not length.strip().isdigit():
+            raise _Broken(f"the server sent Content-Length {length!r}, not a number of bytes")
         expected = offset + int(length) if length is not None else None
         if expected is not None and remote.size is not None and expected > remote.size:
             raise _TooLong(f"the server offers {expected} bytes, more than the pinned {remote.size}")

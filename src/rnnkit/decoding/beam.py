@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..configs import check_positive_integer
 from ..errors import ParameterError
 from .sampling import StepModel
 
@@ -44,8 +45,7 @@ def beam_search(
     Returns, per context, up to `beam` finished hypotheses, best first. The beam is at most
     MAX_BEAM; while there are fewer continuations than that (V at the first step), it holds them all.
     """
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ParameterError("length", f"must be a positive integer, got {length!r}")
+    check_positive_integer("length", length)
     if isinstance(beam, bool) or not isinstance(beam, int) or not 1 <= beam <= MAX_BEAM:
         raise ParameterError("beam", f"must be an integer from 1 to {MAX_BEAM}, got {beam!r}")
     N, V = log_probs.shape

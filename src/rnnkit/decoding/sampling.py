@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from ..configs import check_positive_integer
 from ..errors import ParameterError
 
 
@@ -22,12 +23,11 @@ class StepModel(Protocol):
 
 def check_sampling(length: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
     """ParameterError for settings `sample` cannot honour."""
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ParameterError("length", f"must be a positive integer, got {length!r}")
+    check_positive_integer("length", length)
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
         raise ParameterError("temperature", f"must be a finite number >= 0 (0: greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ParameterError("top_k", f"must be a positive integer, got {top_k!r}")
+    if top_k is not None:
+        check_positive_integer("top_k", top_k)
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ParameterError("top_p", f"must be in (0, 1], got {top_p!r}")
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..configs import FieldChecks
 from ..nn.recurrent import Recurrent
 from ..training.loop import Task as LoopTask
 from ..training.loop import Draws, TrainConfig, eval_mode, fit
@@ -157,13 +158,13 @@ class TaskConfig:
     seed: int = 0  # seeds the initial weights, the training stream and the test set
 
     def __post_init__(self) -> None:
+        check = FieldChecks(self)
         for name in ("hidden_size", "num_layers", "batch_size", "test_size", "eval_every"):
-            _check_positive(**{name: getattr(self, name)})
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"steps must be a non-negative integer, got {self.steps!r}")
-        for name in ("lr", "clip"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
-                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)!r}")
+            check.integer(name, minimum=1)
+        check.integer("steps", minimum=0)
+        check.number("lr", positive=True)
+        check.number("clip", positive=True)
+        check.seed()
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,10 @@ def fit_task(model: TaskModel, task: Task, T: int, config: TaskConfig) -> TaskRe
             train_loss.append(window[-1] if window else None)
             accuracy = info.get("valid_accuracy")
 
+    if config.steps == 0:
+        return TaskResult(task=task.name, cell=model.rnn.cell, T=T, baseline=task.baseline(T), eval_steps=eval_steps,
+                          test_loss=test_loss, train_loss=train_loss, accuracy=accuracy,
+                          solved=task.solved(loss0, accuracy), seconds=time.perf_counter() - start)
     # AdamW without weight decay is Adam, to the bit; log_every = eval_every: one mean per evaluation
     loop = TrainConfig(epochs=1, batch_size=config.batch_size, optimizer="adamw", lr=config.lr, clip=config.clip,
                        schedule="none", eval_every=config.eval_every, log_every=config.eval_every,

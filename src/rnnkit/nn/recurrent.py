@@ -20,6 +20,7 @@ from torch import Tensor, _VF, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..errors import ParameterError
 from .cells import Cell, ElmanCell, State, make_cell
 
 BACKENDS = ("auto", "fused", "reference")
@@ -108,7 +109,7 @@ class Recurrent(nn.Module):
         if backend == "fused" and not self.has_kernel:
             raise ValueError(f"cell {cell!r} has no fused kernel: use backend='reference' or 'auto'")
         if weight_drop > 0 and not isinstance(getattr(self.cells[0], "W", None), nn.Parameter):
-            raise ValueError(f"weight_drop needs a cell with a recurrent matrix W, and {cell!r} has none")
+            raise ParameterError("weight_drop", f"needs a cell with a recurrent matrix W, and {cell!r} has none")
 
     @property
     def num_directions(self) -> int:

@@ -12,13 +12,14 @@ so that another view of a run (TensorBoard, a dashboard) plugs in without touchi
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..io import append_jsonl
+from ..io import append_jsonl, write_bytes
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -34,6 +35,21 @@ class MetricsFile:
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event == "eval":
             append_jsonl(self.path, info)
+
+    def truncate(self, step: int) -> None:
+        """Keep the evaluations up to `step` (a resumed run makes the later ones again), and drop
+        a last line that a crash cut."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line + "\n")
+        write_bytes(self.path, "".join(kept).encode("utf-8"))
 
 
 class ProgressBar:

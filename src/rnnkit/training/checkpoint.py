@@ -3,7 +3,7 @@
     DIR/config.json            {"format": "rnnkit-model", "version": 2, "kind": "lm",
                                 "model": the model's config, "train": the training config}
     DIR/tokenizer.json         the assets the kind keeps beside the weights (the tokenizer)
-    DIR/model.safetensors      the weights that did best on validation (the latest without validation)
+    DIR/model.safetensors      the weights that did best on validation (the first ones until an evaluation)
     DIR/metrics.jsonl          one JSON object per evaluation
     DIR/trainer_state/         what resuming needs: latest weights, optimizer, scheduler, RNG
                                states, the carried state and the position in the data
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,23 +80,32 @@ def check_shapes(model: nn.Module, path: Path, what: str) -> None:
 def load_weights(model: nn.Module, path: Path, what: str = "model weights") -> None:
     """Load `path` into `model`, its shapes checked first; non-finite values are refused."""
     check_shapes(model, path, what)
+    model.load_state_dict(_finite_tensors(path, what), strict=False)  # tied aliases are filled by their first name
+
+
+def _finite_tensors(path: Path, what: str) -> dict[str, Tensor]:
     tensors = read_tensors(path, what)
     if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
         raise RnnkitError(f"{what} in {path} hold non-finite values (NaN or infinity): a run that diverged")
-    model.load_state_dict(tensors, strict=False)  # tied aliases are filled by their first name
+    return tensors
 
 
 def save_model(directory: Path, model: nn.Module, assets: Mapping[str, Any], train_config: JSONConfig) -> None:
     """Write config.json, the assets (file name -> object with `to_json`) and model.safetensors,
     each atomically. The model names its `kind` and has a `config`."""
+    write_config(directory, model, train_config)
+    for name, asset in assets.items():
+        write_json(directory / name, asset.to_json())
+    write_tensors(directory / WEIGHTS, model_tensors(model))
+
+
+def write_config(directory: Path, model: nn.Module, train_config: JSONConfig) -> None:
+    """config.json: the format, the model's kind and config, and the training settings."""
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / CONFIG, {
         "format": FORMAT, "version": VERSION, "kind": model.kind,
         "model": model.config.to_dict(), "train": train_config.to_dict(),
     })
-    for name, asset in assets.items():
-        write_json(directory / name, asset.to_json())
-    write_tensors(directory / WEIGHTS, model_tensors(model))
 
 
 def read_config(directory: Path) -> dict[str, Any]:
@@ -137,7 +147,7 @@ def load_model(
     with torch.device("meta"):  # the config's shapes, against the file's header, before any memory is taken
         check_shapes(spec.model_class(model_config), directory / WEIGHTS, "model weights")
     model = spec.model_class(model_config)
-    load_weights(model, directory / WEIGHTS)
+    model.load_state_dict(_finite_tensors(directory / WEIGHTS, "model weights"), strict=False)
     return model.to(device).eval(), assets
 
 
@@ -167,20 +177,37 @@ def unflatten_state(data: Any, tensors: dict[str, Tensor]) -> Any:
 
 
 def save_trainer_state(directory: Path, model: nn.Module, step: int, state: dict[str, Any]) -> None:
-    """Latest weights and a nested training state; `state.json` is renamed last, so it always
-    names a complete set (the weights file it points to is written first under a fresh name)."""
+    """Latest weights and a nested training state. Each save writes its tensors under fresh names
+    (a serial number: a step can be saved twice, at a checkpoint and at the epoch's end) and then
+    renames `state.json` over the old one, so that it always names a complete set."""
     folder = directory / STATE_DIR
     folder.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, Tensor] = {}
     data = flatten_state(state, "s", tensors)
-    write_tensors(folder / f"model-{step}.safetensors", model_tensors(model))
-    write_tensors(folder / f"state-{step}.safetensors", tensors)
-    previous = folder / "state.json"
-    old_step = read_json(previous, "trainer state")["step"] if previous.exists() else None
-    write_json(previous, {"step": step, "state": data})
-    if old_step is not None and old_step != step:
-        for name in (f"model-{old_step}.safetensors", f"state-{old_step}.safetensors"):
-            (folder / name).unlink(missing_ok=True)
+    old = _state_files(folder)
+    serial = old[0] + 1 if old else 0
+    files = [f"model-{step}-{serial}.safetensors", f"state-{step}-{serial}.safetensors"]
+    write_tensors(folder / files[0], model_tensors(model))
+    write_tensors(folder / files[1], tensors)
+    write_json(folder / "state.json", {"step": step, "serial": serial, "files": files, "state": data})
+    for name in old[1] if old else []:
+        (folder / name).unlink(missing_ok=True)
+
+
+def _state_files(folder: Path) -> tuple[int, list[str]] | None:
+    """The serial number and tensor files state.json names (rnnkit 0.1's: model-N, state-N), or
+    None where there is no readable state.json."""
+    try:
+        meta = read_json(folder / "state.json", "the trainer state")
+    except RnnkitError:
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        return None
+    files = meta.get("files", [f"model-{meta['step']}.safetensors", f"state-{meta['step']}.safetensors"])
+    if not (isinstance(files, list) and len(files) == 2 and all(isinstance(f, str) and "/" not in f for f in files)):
+        return None
+    serial = meta.get("serial", -1)
+    return (serial if isinstance(serial, int) else -1), files
 
 
 def has_trainer_state(directory: Path) -> bool:
@@ -191,12 +218,13 @@ def load_trainer_state(directory: Path, model: nn.Module) -> dict[str, Any]:
     """Restore the latest weights into `model` and return the training state saved with them."""
     folder = directory / STATE_DIR
     meta = read_json(folder / "state.json", "the trainer state")
-    if not (isinstance(meta, dict) and isinstance(meta.get("step"), int) and isinstance(meta.get("state"), dict)):
-        raise RnnkitError(f"the trainer state in {folder} is damaged (state.json names no step and state); "
+    named = _state_files(folder)
+    if named is None or not isinstance(meta.get("state"), dict):
+        raise RnnkitError(f"the trainer state in {folder} is damaged (state.json names no step, files and state); "
                           f"it cannot be resumed")
-    step = meta["step"]
-    load_weights(model, folder / f"model-{step}.safetensors", "the trainer state's weights")
-    tensors = read_tensors(folder / f"state-{step}.safetensors", "the trainer state")
+    model_file, state_file = named[1]
+    load_weights(model, folder / model_file, "the trainer state's weights")
+    tensors = read_tensors(folder / state_file, "the trainer state")
     try:
         return unflatten_state(meta["state"], tensors)
     except (KeyError, TypeError, ValueError) as e:
@@ -205,7 +233,7 @@ def load_trainer_state(directory: Path, model: nn.Module) -> dict[str, Any]:
 
 # -------------------------------------------------------------------- one writer per directory
 
-_HELD: dict[Path, list[int]] = {}  # lock file -> [fd, depth]: flock is per open file, so one per process
+_HELD: dict[Path, list[int]] = {}  # lock file -> [fd, depth, thread]: flock is per open file, so one per process
 
 
 @contextlib.contextmanager
@@ -213,7 +241,8 @@ def lock_directory(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on DIR/.lock for the block, so that a second process writing the
     same model directory is refused with an RnnkitError instead of mixing two runs. The operating
     system drops the lock with the process, SIGKILL included, so a killed run never leaves it
-    stuck. Re-entrant within a process. (POSIX flock; where there is none, no lock is taken.)"""
+    stuck. Re-entrant within the thread that holds it; another thread is refused like another
+    process. (POSIX flock; where there is none, no lock is taken.)"""
     try:
         import fcntl
     except ImportError:  # not POSIX
@@ -222,6 +251,8 @@ def lock_directory(directory: Path) -> Iterator[None]:
     directory.mkdir(parents=True, exist_ok=True)
     path = (directory / LOCK).resolve()
     if path in _HELD:
+        if _HELD[path][2] != threading.get_ident():
+            raise RnnkitError(f"{directory} is being written by another thread of this process")
         _HELD[path][1] += 1
         try:
             yield
@@ -238,7 +269,7 @@ def lock_directory(directory: Path) -> Iterator[None]:
                           f"wait for it to finish, or write somewhere else") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
-    _HELD[path] = [fd, 1]
+    _HELD[path] = [fd, 1, threading.get_ident()]
     try:
         yield
     finally:
@@ -267,16 +298,13 @@ def check_target(directory: Path, force: bool = False) -> None:
 
 def remove_orphans(directory: Path) -> list[Path]:
     """Delete what a killed run can leave behind and nothing names: temp files of interrupted
-    writes, and trainer-state files of other steps than the one state.json names. Returns them."""
+    writes (anywhere in the directory), and trainer-state tensors other than those state.json
+    names. Where state.json cannot be read, no tensors are deleted. Returns what was deleted."""
+    orphans = [p for p in directory.rglob(".*.tmp") if p.is_file()]
     state = directory / STATE_DIR
-    keep: set[str] = set()
-    if (state / "state.json").exists():
-        step = read_json(state / "state.json", "the trainer state").get("step")
-        keep = {f"model-{step}.safetensors", f"state-{step}.safetensors", "state.json"}
-    orphans = [p for folder in (directory, state) if folder.is_dir() for p in folder.iterdir()
-               if p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp")]
-    if state.is_dir():
-        orphans += [p for p in state.iterdir() if p.name not in keep and p.suffix == ".safetensors"]
+    named = _state_files(state)
+    if named is not None:
+        orphans += [p for p in state.glob("*.safetensors") if p.name not in named[1]]
     for path in orphans:
         path.unlink(missing_ok=True)
     return orphans

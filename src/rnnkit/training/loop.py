@@ -76,7 +76,7 @@ class TrainConfig(JSONConfig):
     log_every: int = 20  # steps between progress reports
     eval_batch_size: int = 10
     accumulate: int = 1  # batches whose gradients add up to one optimizer step
-    seed: int = 0
+    seed: int = 0  # seeds the global RNG before the model is built (rnnkit.train does; fit does not reseed)
     device: str = "auto"  # "auto" (cuda when present), or a torch device: "cpu", "cuda", "cuda:1"
     max_minutes: float | None = None  # stop (and save) after this much training time
     bf16: bool = True  # bf16 autocast on CUDA
@@ -92,7 +92,7 @@ class TrainConfig(JSONConfig):
                 raise ParameterError("device", f"must be auto or a torch device such as cpu or cuda, got {self.device!r}") from None
         for name in ("epochs", "batch_size", "log_every", "eval_batch_size", "decay_start", "accumulate"):
             check.integer(name, minimum=1)
-        check.integer("seed")
+        check.seed()
         check.integer("patience", minimum=0)
         for name in ("eval_every", "checkpoint_every", "early_stop"):
             check.integer(name, minimum=1, optional=True)
@@ -116,7 +116,7 @@ RESUMABLE_CHANGES = {
     "epochs", "max_minutes", "device", "eval_every", "checkpoint_every", "log_every", "early_stop", "eval_batch_size",
     "bf16", "lr", "clip", "weight_decay", "schedule", "lr_decay", "decay_start", "patience",
 }
-SCHEDULE_FIELDS = ("lr", "schedule", "lr_decay", "decay_start", "patience")
+SCHEDULE_FIELDS = ("schedule", "lr_decay", "decay_start", "patience")  # another value: another schedule
 
 
 class Task(ABC):
@@ -347,11 +347,14 @@ def fit(
         if resume:
             saved_config = check_resume(directory, model, config, assets)
             ckpt.remove_orphans(directory)
+            ckpt.write_config(directory, model, config)  # the run's settings from now on
         elif (directory / ckpt.CONFIG).exists():
             raise RnnkitError(f"{directory} already holds a model: resume it, or write to another directory")
-        run = _Run(model, task, config, device, directory, assets, [MetricsFile(directory), *callbacks])
+        metrics = MetricsFile(directory)
+        run = _Run(model, task, config, device, directory, assets, [metrics, *callbacks])
         if resume and ckpt.has_trainer_state(directory):
             run.restore(saved_config)
+            metrics.truncate(run.st.step)  # evaluations after the checkpoint are made again
         elif not resume:
             ckpt.save_model(directory, model, assets, config)
         return run.train()
@@ -366,6 +369,8 @@ class _Run:
         self.directory, self.assets, self.callbacks = directory, assets, callbacks
         self.batches = task.batches(device)
         self.per_epoch = len(self.batches)
+        if self.per_epoch == 0:
+            raise RnnkitError("the task has no batches: there is nothing to train on")
         self.total_steps = config.epochs * -(-self.per_epoch // config.accumulate)
         self.optimizer = make_optimizer(model, config)
         self.scheduler = make_schedule(self.optimizer, config, self.total_steps)
@@ -373,30 +378,46 @@ class _Run:
         self.carry: Any = None  # the state the task carries from batch to batch
         # the last log_every losses, kept on the device: no host sync per step, and one buffer rather
         # than a list of small tensors, which fragmented the CPU heap (peak memory 1.5x the plain loop's)
-        self.losses = torch.empty(config.log_every * config.accumulate, device=device)
+        self.losses = torch.empty(min(config.log_every * config.accumulate, self.per_epoch), device=device)
         self.logged = 0  # losses in the buffer
         self.tokens, self.clock = 0, time.perf_counter()  # since the last report
 
     def restore(self, saved_config: TrainConfig) -> None:
-        """Continue from the trainer state saved in the directory. Where the rate or its schedule
-        changed, the new schedule takes over from the new base rate, where the run stands."""
+        """Continue from the trainer state saved in the directory; `saved_config` is config.json's,
+        for a state saved before the state kept its own."""
+        try:
+            self._restore(saved_config)
+        except RnnkitError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise RnnkitError(f"the trainer state in {self.directory / ckpt.STATE_DIR} is damaged "
+                              f"({type(e).__name__}: {e}); it cannot be resumed") from None
+
+    def _restore(self, saved_config: TrainConfig) -> None:
         saved = ckpt.load_trainer_state(self.directory, self.model)
         self.st = LoopState.from_dict(saved.get("loop", saved.get("trainer", {})))
         config = self.config
+        # the settings the optimizer's state was made with
+        before = type(config).from_dict(saved["config"]) if "config" in saved else saved_config
         self.optimizer.load_state_dict(saved["optimizer"])
         for group in self.optimizer.param_groups:
             group["weight_decay"] = config.weight_decay
-        if any(getattr(saved_config, f) != getattr(config, f) for f in SCHEDULE_FIELDS):
-            lr = config.learning_rate * schedule_factor(config, self.total_steps, self.st.step, self.st.epoch)
-            for group in self.optimizer.param_groups:
-                group["lr"], group["initial_lr"] = lr, config.learning_rate
-            if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.scheduler.base_lrs = [config.learning_rate] * len(self.optimizer.param_groups)
-                self.scheduler.last_epoch = self.st.step if config.schedule == "cosine" else self.st.epoch
-        elif self.scheduler is not None:
+        same_schedule = all(getattr(before, f) == getattr(config, f) for f in SCHEDULE_FIELDS)
+        if same_schedule and self.scheduler is not None:
             self.scheduler.load_state_dict(saved["scheduler"])
-            if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-                self.scheduler.T_max = self.total_steps  # more epochs: the same curve, stretched
+        if same_schedule:
+            # another rate scales the schedule where it stands (a plateau's decays so far are kept)
+            self._set_lr(lambda lr: lr * config.learning_rate / before.learning_rate, config.learning_rate)
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and (
+                    self.scheduler.T_max != self.total_steps):  # other epochs: the longer cosine, where the run is
+                self.scheduler.T_max = self.total_steps
+                factor = schedule_factor(config, self.total_steps, self.st.step, self.st.epoch)
+                self._set_lr(lambda lr: config.learning_rate * factor, config.learning_rate)
+        else:  # another schedule: it takes over from the base rate, where the run stands
+            factor = schedule_factor(config, self.total_steps, self.st.step, self.st.epoch)
+            self._set_lr(lambda lr: config.learning_rate * factor, config.learning_rate)
+            if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.last_epoch = self.st.step if config.schedule == "cosine" else self.st.epoch
         torch.set_rng_state(saved["rng"])
         if self.device.type == "cuda" and "cuda_rng" in saved:
             torch.cuda.set_rng_state(saved["cuda_rng"])
@@ -405,6 +426,17 @@ class _Run:
         if carry is not None:
             carry = tuple(c.to(self.device) for c in carry) if isinstance(carry, tuple) else carry.to(self.device)
         self.carry = carry
+
+    def _set_lr(self, rate: Callable[[float], float], base: float) -> None:
+        """Every group's rate to rate(its rate), the schedule's base rate to `base` (ASGD's step
+        size too, which it reads before recomputing it)."""
+        for group in self.optimizer.param_groups:
+            group["lr"], group["initial_lr"] = rate(group["lr"]), base
+            for p in group["params"]:
+                if "eta" in self.optimizer.state.get(p, {}):
+                    self.optimizer.state[p]["eta"].fill_(group["lr"])
+        if hasattr(self.scheduler, "base_lrs"):
+            self.scheduler.base_lrs = [base] * len(self.optimizer.param_groups)
 
     def report(self, event: str, info: dict[str, Any]) -> None:
         for callback in self.callbacks:
@@ -421,6 +453,7 @@ class _Run:
             "loop": dataclasses.asdict(self.st), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": torch.get_rng_state(), "carry": self.carry, "task": self.task.state_dict(),
+            "config": self.config.to_dict(),
         }
         if self.device.type == "cuda":
             saved["cuda_rng"] = torch.cuda.get_rng_state()
@@ -480,7 +513,8 @@ class _Run:
         self.carry = detach_state(self.carry)
         with autocast:
             loss, self.carry = self.task.loss(self.model, batch, self.carry)
-        (loss / config.accumulate if config.accumulate > 1 else loss).backward()
+        group = min(config.accumulate, self.per_epoch - i + i % config.accumulate)  # the epoch's last may be short
+        (loss / group if group > 1 else loss).backward()
         self.losses[self.logged].copy_(loss.detach())
         self.logged += 1
         self.tokens += self.task.count(batch)
@@ -515,12 +549,13 @@ class _Run:
                     if self.logged == len(self.losses) or st.batch == self.per_epoch:
                         self.check_losses(final=st.batch == self.per_epoch)
                     out_of_time = config.max_minutes is not None and st.elapsed >= 60 * config.max_minutes
-                    if config.eval_every and st.step % config.eval_every == 0 and self.evaluate():
+                    evaluated = bool(config.eval_every) and st.step % config.eval_every == 0
+                    if evaluated and self.evaluate():
                         stopped = "early_stop"
                     if stopped != "done" or out_of_time or interrupted.is_set():
                         stopped = "time_budget" if out_of_time else "interrupted" if interrupted.is_set() else stopped
                         break
-                    if config.checkpoint_every and st.step % config.checkpoint_every == 0:
+                    if evaluated or (config.checkpoint_every and st.step % config.checkpoint_every == 0):
                         self.check_losses(final=False)
                         self.save_state()
                 else:

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from ... import decoding
 from ...data import Tokenizer
-from ...errors import ParameterError
+from ...configs import check_positive_integer, check_seed
 from ...nn.cells import State
 from .model import RNNLanguageModel, require_eval
 
@@ -59,8 +59,7 @@ def predict_next(
 ) -> tuple[list[Prediction], list[str]]:
     """The top_k most probable next tokens after `prompt`, most probable first, and the prompt's
     out-of-vocabulary words (they read as <unk>)."""
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ParameterError("top_k", f"must be a positive integer, got {top_k!r}")
+    check_positive_integer("top_k", top_k)
     logp = next_log_probs(model, tokenizer, [prompt])[0]  # (V,)
     values, indices = logp.topk(min(top_k, logp.numel()))
     predictions = [Prediction(tokenizer.token(int(i)), math.exp(float(v))) for v, i in zip(values, indices)]
@@ -81,12 +80,16 @@ def sample(
     token and only in whole characters (a bpe piece may end inside one).
 
     temperature 0 is greedy decoding; otherwise tokens are drawn from softmax(logits / temperature)
-    restricted by top_k and top_p (see `rnnkit.decoding.sample`); `seed` makes the draw repeatable.
+    restricted by top_k and top_p (see `rnnkit.decoding.sample`); `seed` makes the draw repeatable
+    (without one, every call draws differently).
     """
     decoding.sampling.check_sampling(length, temperature, top_k, top_p)  # now, not at the first token
     log_probs, state = read_prompts(model, tokenizer, [prompt])
     generator = torch.Generator(device=_device(model))
-    if seed is not None:
+    if seed is None:
+        generator.seed()  # a fresh draw every time: a new Generator alone always starts from one seed
+    else:
+        check_seed(seed)
         generator.manual_seed(seed)
     tokens = decoding.sample(model, log_probs, state, length, temperature, top_k, top_p, generator)
     return _text(tokenizer, (int(t[0]) for t in tokens))

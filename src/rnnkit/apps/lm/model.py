@@ -24,6 +24,9 @@ from ...nn.cells import State, cell_class
 from ...nn.recurrent import Recurrent
 
 
+MAX_LAYERS = 256  # deeper stacks are not trained; the bound keeps a crafted config.json cheap to refuse
+
+
 @dataclass(frozen=True)
 class LMConfig(JSONConfig):
     """Shape and regularisation of an RNNLanguageModel; saved as JSON in the model directory."""
@@ -48,8 +51,8 @@ class LMConfig(JSONConfig):
         check = FieldChecks(self)
         check.integer("vocab_size", minimum=2)
         cell_class(self.cell)
-        for name in ("hidden_size", "num_layers"):
-            check.integer(name, minimum=1)
+        check.integer("hidden_size", minimum=1)
+        check.integer("num_layers", minimum=1, maximum=MAX_LAYERS)
         check.integer("embedding_size", minimum=1, optional=True)
         check.choice("nonlinearity", ("tanh", "relu"))
         for name in ("dropout", "dropout_input", "dropout_embedding", "weight_drop"):

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from ...data import BPTTBatches, Corpus
-from ...errors import ParameterError, RnnkitError
+from ...configs import FieldChecks
+from ...errors import RnnkitError
 from ...nn.cells import State
 from ...io import write_json
 from ...training.callbacks import Callback
@@ -38,8 +39,7 @@ class LMTrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.bptt, bool) or not isinstance(self.bptt, int) or self.bptt < 1:
-            raise ParameterError("bptt", f"must be an integer >= 1, got {self.bptt!r}")
+        FieldChecks(self).integer("bptt", minimum=1)
 
 
 @torch.no_grad()

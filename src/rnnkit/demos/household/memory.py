@@ -1,7 +1,7 @@
 """Memory over distance: how far back can a model carry the word that decides the next one?
 
 Each model is trained as a language model on the same household sentences (see
-`text.household`) with the same budget, then fills the blank of held-out sentences:
+`rnnkit.demos.household.corpus`) with the same budget, then fills the blank of held-out sentences:
 
     I grabbed the slice of bread on the counter while the dog barked and turned on the ____
                            \\___/ \\___________________________________________/
@@ -32,8 +32,10 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from ...apps.lm.model import LMConfig, RNNLanguageModel
+from ...configs import FieldChecks
 from ...data import WordTokenizer, train_tokenizer_from_text
 from ...diagnostics.plots import CELL_COLORS
+from ...errors import ParameterError
 from ...io import save_figure, write_csv, write_json
 from ...training.loop import Draws, Task, TrainConfig, eval_mode, fit
 from . import corpus as household
@@ -86,23 +88,20 @@ class MemoryConfig:
     seed: int = 0  # seeds weights, batches and the training sentences; the test set uses seed + 1
 
     def __post_init__(self) -> None:
-        for name in ("train_sentences", "test_sentences", "hidden_size", "embedding_size", "window",
-                     "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.steps < 0:
-            raise ValueError(f"steps must be at least 0, got {self.steps}")
-        if self.max_distance < household.MIN_DISTANCE:
-            raise ValueError(f"max_distance must be at least {household.MIN_DISTANCE}, got {self.max_distance}")
+        check = FieldChecks(self)
+        for name in ("train_sentences", "test_sentences", "hidden_size", "embedding_size", "window", "batch_size"):
+            check.integer(name, minimum=1)
+        check.integer("steps", minimum=0)
+        check.integer("max_distance", minimum=household.MIN_DISTANCE)
+        check.number("lr", positive=True)
+        check.number("clip", positive=True)
+        check.seed()
         if self.buckets is None:
             object.__setattr__(self, "buckets", tuple(e for e in DEFAULT_BUCKETS if e <= self.max_distance))
         edges = list(self.buckets)
         if not edges or edges != sorted(set(edges)) or edges[0] > household.MIN_DISTANCE or edges[-1] > self.max_distance:
-            raise ValueError(f"buckets must be increasing lower edges, the first at most {household.MIN_DISTANCE} "
-                             f"and the last at most max_distance {self.max_distance}, got {edges}")
-        if not (self.lr > 0 and self.clip > 0):
-            raise ValueError(f"lr and clip must be positive, got {self.lr} and {self.clip}")
+            raise ParameterError("buckets", f"must be increasing lower edges, the first at most {household.MIN_DISTANCE} "
+                                 f"and the last at most max_distance {self.max_distance}, got {edges}")
 
     def bucket_labels(self) -> list[str]:
         """'4', '5-9', ..., from the lower edges, the first starting at MIN_DISTANCE."""
@@ -222,6 +221,8 @@ def train_model(
                 progress(info["step"] - done)
             done = info["step"]
 
+    if config.steps == 0:
+        return losses
     train = TrainConfig(epochs=1, batch_size=config.batch_size, optimizer="adamw", lr=config.lr, weight_decay=0.01,
                         clip=config.clip, schedule="none", checkpoint_every=None, log_every=50, device="cpu")
     fit(model, HouseholdTask(data, config), train, callbacks=[on_event])

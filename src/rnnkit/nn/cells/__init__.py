@@ -38,7 +38,11 @@ def register_cell(name: str, cls: type[Cell], *, replace: bool = False) -> type[
 def _load_entry_point(name: str) -> None:
     """Register the cell an installed package offers under `name`, if any."""
     for point in entry_points(group=ENTRY_POINT_GROUP, name=name):
-        register_cell(name, point.load())
+        try:
+            register_cell(name, point.load())
+        except Exception as e:  # an installed package's code: whatever it raises, say which
+            raise ParameterError("cell", f"{name!r} comes from the entry point {point.value!r}, which does not load "
+                                 f"({type(e).__name__}: {e})") from None
         return
 
 
