@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..demos.household.memory import DEFAULT_BUCKETS, FILES, MODELS, MemoryConfig, format_table, run_memory
+from ..nn.cells import CELLS
 from .common import int_list, name_list, output_dir
 
 
@@ -27,7 +28,8 @@ def register(subparsers: Any) -> None:
         description=__doc__.split("\n\n")[0].replace("`", ""),
     )
     d = MemoryConfig()
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated (default: %(default)s)")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma-separated: window and any cell, e.g. mingru, minlstm (default: %(default)s)")
     p.add_argument("--window", type=int, default=d.window, help="n, the window model's previous words (default: %(default)s)")
     p.add_argument("--max-distance", type=int, default=d.max_distance,
                    help="longest distance between cue and blank (default: %(default)s)")
@@ -48,7 +50,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    models = name_list(args.models, MODELS, "--models", "model")
+    models = name_list(args.models, [*CELLS, "window"], "--models", "model")
     buckets = None if args.buckets is None else tuple(int_list(args.buckets, "--buckets", minimum=0))
     config = MemoryConfig(
         max_distance=args.max_distance, buckets=buckets, train_sentences=args.train_sentences,

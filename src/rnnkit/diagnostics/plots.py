@@ -14,7 +14,8 @@ from .attribution import Attribution
 from .gradflow import GradientFlow
 from .tasks import TaskResult
 
-CELL_COLORS = {"elman": "tab:red", "lstm": "tab:blue", "gru": "tab:green", "window": "tab:purple"}
+CELL_COLORS = {"elman": "tab:red", "lstm": "tab:blue", "gru": "tab:green", "window": "tab:purple",
+               "mingru": "tab:olive", "minlstm": "tab:cyan"}
 PHASE_STYLES = ("--", "-", ":", "-.")
 
 

@@ -4,9 +4,11 @@
                      state_0 ->  ->  ->  -> state_T        (reversed in time for direction 2)
 
 `backend="fused"` hands the cells' own parameter tensors to PyTorch's fused RNN kernels (cuDNN
-on a GPU, ATen/oneDNN on a CPU). `backend="reference"` is the readable loop over `cell(x_t, state)`
-and can also return every state at every step (`trace`). Tests hold the two equal. `"auto"` takes
-the fused kernel where the cell has one and the loop otherwise (a cell registered by a user).
+on a GPU, ATen/oneDNN on a CPU). `backend="scan"` runs a cell whose recurrence is linear (minGRU,
+minLSTM: `ScanCell`) over the whole sequence at once (`rnnkit.nn.scan`). `backend="reference"` is
+the readable loop over `cell(x_t, state)` and can also return every state at every step (`trace`).
+Tests hold them equal. `"auto"` takes the fused kernel where the cell has one, the scan where it
+has one, and the loop otherwise (a cell registered by a user).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ParameterError
-from .cells import Cell, ElmanCell, State, make_cell
+from .cells import Cell, ElmanCell, ScanCell, State, make_cell
 
-BACKENDS = ("auto", "fused", "reference")
+BACKENDS = ("auto", "fused", "scan", "reference")
 _FUSED = {"RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu, "LSTM": _VF.lstm, "GRU": _VF.gru}
 _TORCH_NAMES = {nn.RNN: "elman", nn.LSTM: "lstm", nn.GRU: "gru"}
 
@@ -61,8 +63,8 @@ class Recurrent(nn.Module):
             section 2): one mask per forward call, shared by all time steps.
         bidirectional: run a second stack of cells backwards in time (D = 2) and concatenate.
         batch_first: x and outputs are (B, T, .) instead of (T, B, .); states are not affected.
-        backend: "fused", "reference", or "auto" (fused where the cell has a kernel, except in
-            `trace`; the reference loop otherwise).
+        backend: "fused", "scan", "reference", or "auto" (fused where the cell has a kernel, the scan
+            for a ScanCell, the reference loop otherwise; `trace` always loops).
         **cell_options: passed to every cell (nonlinearity, bias, forget_bias).
 
     Shapes: x (T, B, E) -> outputs (T, B, D*H); state h (L*D, B, H), or (h, c) for LSTM.
@@ -108,6 +110,8 @@ class Recurrent(nn.Module):
         )
         if backend == "fused" and not self.has_kernel:
             raise ValueError(f"cell {cell!r} has no fused kernel: use backend='reference' or 'auto'")
+        if backend == "scan" and not self.has_scan:
+            raise ValueError(f"cell {cell!r} is not a linear recurrence to scan: use backend='reference' or 'auto'")
         if weight_drop > 0 and not isinstance(getattr(self.cells[0], "W", None), nn.Parameter):
             raise ParameterError("weight_drop", f"needs a cell with a recurrent matrix W, and {cell!r} has none")
 
@@ -123,6 +127,11 @@ class Recurrent(nn.Module):
     def has_kernel(self) -> bool:
         """Whether PyTorch has a fused kernel for this cell."""
         return self.mode in _FUSED
+
+    @property
+    def has_scan(self) -> bool:
+        """Whether the cell's recurrence is linear, to be scanned over the whole sequence."""
+        return isinstance(self.cells[0], ScanCell)
 
     @property
     def bias(self) -> bool:
@@ -213,10 +222,12 @@ class Recurrent(nn.Module):
         sequence from its last valid step down to step 0).
         """
         x, state, lengths = self._prepare(x, state, lengths)
-        if self.backend == "reference" or not self.has_kernel:
-            outputs, state, _ = self._reference(x, state, lengths, keep_steps=False)
-        else:
+        if self.backend in ("auto", "fused") and self.has_kernel:
             outputs, state = self._fused(x, state, lengths)
+        elif self.backend in ("auto", "scan") and self.has_scan:
+            outputs, state = self._scan(x, state, lengths)
+        else:
+            outputs, state, _ = self._reference(x, state, lengths, keep_steps=False)
         return (outputs.transpose(0, 1) if self.batch_first else outputs), state
 
     def trace(
@@ -316,6 +327,27 @@ class Recurrent(nn.Module):
             x, _ = pad_packed_sequence(out, total_length=T)  # (T, B, D*H)
             final = [f.index_select(1, unorder) for f in final]
         return x, (final[0], final[1]) if self.has_cell_state else final[0]
+
+    def _scan(self, x: Tensor, state: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Every layer and direction of a ScanCell over the whole sequence at once. A backward
+        direction reads each sequence reversed within its own length."""
+        T, D = x.shape[0], self.num_directions
+        valid = None if lengths is None else (torch.arange(T, device=x.device)[:, None] < lengths)[..., None]
+        order = None if D == 1 else _reversal(T, lengths, x.device)  # (T, B, 1), its own inverse
+        layer_input, finals = x, []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                k = layer * D + direction
+                seq = layer_input if direction == 0 else _reorder(layer_input, order)
+                h = self.cells[k].scan(seq, state[k], valid)  # (T, B, H), held past each end
+                finals.append(h[-1])
+                h = h if valid is None else h * valid
+                outputs.append(h if direction == 0 else _reorder(h, order))
+            layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]  # (T, B, D*H)
+            if layer < self.num_layers - 1 and self.dropout > 0:
+                layer_input = self._between_layers(layer_input, (1, x.shape[1], layer_input.shape[-1]))
+        return layer_input, torch.stack(finals)  # (L*D, B, H)
 
     def _reference(
         self, x: Tensor, state: State, lengths: Tensor | None, keep_steps: bool
@@ -446,6 +478,19 @@ def _torch_weights(module: nn.RNNBase) -> list[list[Tensor]]:
     per = 4 if module.bias else 2
     flat = module._flat_weights
     return [flat[i : i + per] for i in range(0, len(flat), per)]
+
+
+def _reversal(T: int, lengths: Tensor | None, device: torch.device) -> Tensor | None:
+    """Time indices (T, B, 1) that reverse each sequence within its length (steps past it stay)."""
+    if lengths is None:
+        return None
+    t = torch.arange(T, device=device)[:, None]  # (T, 1)
+    return torch.where(t < lengths, lengths - 1 - t, t)[..., None]  # (T, B, 1)
+
+
+def _reorder(x: Tensor, order: Tensor | None) -> Tensor:
+    """x (T, B, F) read in `order` along time; None: reversed."""
+    return x.flip(0) if order is None else x.gather(0, order.expand(-1, -1, x.shape[-1]))
 
 
 def _with_W(cell: Cell, W: Tensor, x: Tensor, state: State) -> tuple[Tensor, State]:

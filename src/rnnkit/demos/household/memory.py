@@ -40,7 +40,7 @@ from ...io import save_figure, write_csv, write_json
 from ...training.loop import Draws, Task, TrainConfig, eval_mode, fit
 from . import corpus as household
 
-MODELS = ("elman", "lstm", "gru", "window")
+MODELS = ("elman", "lstm", "gru", "window")  # the default line-up; any registered cell may join it
 FILES = ("memory.json", "memory.csv", "memory.png")
 DEFAULT_BUCKETS = (4, 5, 10, 20, 30)  # 4 (the shortest distance), 5-9, 10-19, 20-29, 30-39
 IGNORE = -100  # cross-entropy's ignore_index, for the padding after a sentence's end
@@ -163,11 +163,10 @@ def make_data(config: MemoryConfig) -> MemoryData:
 
 
 def make_model(name: str, vocab_size: int, config: MemoryConfig, pad: int) -> nn.Module:
-    """One layer of the named cell with an embedding and an output layer, or the window model."""
+    """One layer of the named cell (any registered one) with an embedding and an output layer, or
+    the window model."""
     if name == "window":
         return WindowLM(vocab_size, config.window, config.embedding_size, config.hidden_size, pad)
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r} (expected one of {', '.join(MODELS)})")
     return RNNLanguageModel(LMConfig(vocab_size, cell=name, hidden_size=config.hidden_size,
                                      embedding_size=config.embedding_size, num_layers=1))
 

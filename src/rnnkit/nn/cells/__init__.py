@@ -17,9 +17,12 @@ from .base import Cell, State
 from .elman import ElmanCell
 from .gru import GRUCell
 from .lstm import LSTMCell
+from .minimal import MinGRUCell, MinLSTMCell, ScanCell
 
 ENTRY_POINT_GROUP = "rnnkit.cells"
-CELLS: dict[str, type[Cell]] = {"elman": ElmanCell, "lstm": LSTMCell, "gru": GRUCell}
+CELLS: dict[str, type[Cell]] = {
+    "elman": ElmanCell, "lstm": LSTMCell, "gru": GRUCell, "mingru": MinGRUCell, "minlstm": MinLSTMCell,
+}
 
 
 def register_cell(name: str, cls: type[Cell], *, replace: bool = False) -> type[Cell]:
@@ -67,6 +70,9 @@ __all__ = [
     "ElmanCell",
     "GRUCell",
     "LSTMCell",
+    "MinGRUCell",
+    "MinLSTMCell",
+    "ScanCell",
     "State",
     "cell_class",
     "make_cell",
