@@ -367,8 +367,11 @@ class Recurrent(nn.Module):
                 s = (state[0][k], state[1][k]) if self.has_cell_state else state[k]
                 hs: list[Any] = [None] * T
                 kept: list[Any] = [None] * T
+                # one unbind, not T indexings: each x[t] would send back a gradient as large as all
+                # of x, and the backward pass would cost O(T^2 B E) (T = 512: 21 s instead of 0.1 s)
+                inputs = layer_input.unbind(0)
                 for t in range(T) if direction == 0 else range(T - 1, -1, -1):
-                    h, new = step(layer_input[t], s)
+                    h, new = step(inputs[t], s)
                     if valid is not None:
                         h = torch.where(valid[t], h, torch.zeros_like(h))
                         new = _where(valid[t], new, s)
