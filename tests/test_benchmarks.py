@@ -39,6 +39,18 @@ def test_generation_quick_streams_what_decoding_gives():
         assert r["streamed_equals_decoded"]
 
 
+def test_scan_quick_reports_each_case_against_torch_and_the_step_loop(tmp_path):
+    done = _run("scan.py", "--quick", "--json", "--plot", str(tmp_path / "scan.png"))
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)["results"]
+    assert [(r["cell"], r["T"]) for r in results] == [("mingru", 32), ("mingru", 128), ("minlstm", 32), ("minlstm", 128)]
+    for r in results:
+        assert r["torch_module"] == {"mingru": "GRU", "minlstm": "LSTM"}[r["cell"]]
+        assert r["speedup_vs_torch"] == pytest.approx(r["torch_ms"] / r["scan_ms"])
+        assert r["reference_ms"] > 0 and r["scan_saved_mib"] > 0 and set(r["methods_ms"]) == {"chunked:1", "chunked:16", "log:1"}
+    assert (tmp_path / "scan.png").stat().st_size > 0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
 def test_gpu_runs_skip_with_a_message_without_a_gpu():
     done = _run("throughput.py", "--device", "cuda")
