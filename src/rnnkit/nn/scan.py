@@ -33,28 +33,35 @@ METHODS = ("chunked", "log")
 DEFAULTS = {"cpu": ("chunked", 1), "cuda": ("chunked", 64)}
 
 
-def _chunked(a: Tensor, b: Tensor, h0: Tensor, chunk: int) -> Tensor:
-    """h (T, B, H) from a, b (T, B, H) and h0 (B, H): Hillis-Steele inside each chunk, carried across."""
+def _chunked(a: Tensor, b: Tensor, h0: Tensor, chunk: int, reverse: bool = False) -> Tensor:
+    """h (T, B, H) from a, b (T, B, H) and h0 (B, H): Hillis-Steele inside each chunk, carried
+    across. reverse: h_t = a_t h_{t+1} + b_t from t = T-1 down, h0 standing for h_T."""
+    T = a.shape[0]
     h = torch.empty_like(b)
     prev = h0
     if chunk == 1:
-        for t in range(a.shape[0]):
+        for t in range(T - 1, -1, -1) if reverse else range(T):
             prev = torch.addcmul(b[t], a[t], prev, out=h[t])  # h_t = a_t h_{t-1} + b_t
         return h
-    for start in range(0, a.shape[0], chunk):
-        A, B = a[start : start + chunk].clone(), b[start : start + chunk].clone()  # (C, B, H)
+    starts = range(0, T, chunk)
+    for start in reversed(starts) if reverse else starts:
+        A, B = a[start : start + chunk], b[start : start + chunk]  # (C, B, H)
+        A, B = (A.flip(0), B.flip(0)) if reverse else (A.clone(), B.clone())  # copies: one chunk
         k = 1
         while k < A.shape[0]:  # after the round for k, (A_t, B_t) combine steps t-2k+1 .. t
             B[k:] = torch.addcmul(B[k:], A[k:], B[:-k])
             A[k:] = A[k:] * A[:-k]
             k *= 2
-        torch.addcmul(B, A, prev, out=h[start : start + chunk])
-        prev = h[start + A.shape[0] - 1]
+        out = torch.addcmul(B, A, prev)
+        h[start : start + A.shape[0]] = out.flip(0) if reverse else out
+        prev = out[-1]
     return h
 
 
-def _log(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
+def _log(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:
     """Heinsen's log-space scan; b and h0 split into positive and negative parts."""
+    if reverse:
+        return _log(a.flip(0), b.flip(0), h0).flip(0)
     # a gate that underflowed to 0 would make log a = -inf and A - A undefined: the smallest normal
     # number instead, whose log (-87 in float32) ends the memory as surely
     log_a = torch.log(a.clamp_min(torch.finfo(a.dtype).tiny))
@@ -67,8 +74,8 @@ def _log(a: Tensor, b: Tensor, h0: Tensor) -> Tensor:
     return positive(b, h0) - positive(-b, -h0)
 
 
-def _run(a: Tensor, b: Tensor, h0: Tensor, method: str, chunk: int) -> Tensor:
-    return _chunked(a, b, h0, chunk) if method == "chunked" else _log(a, b, h0)
+def _run(a: Tensor, b: Tensor, h0: Tensor, method: str, chunk: int, reverse: bool = False) -> Tensor:
+    return _chunked(a, b, h0, chunk, reverse) if method == "chunked" else _log(a, b, h0, reverse)
 
 
 class LinearScan(torch.autograd.Function):
@@ -90,10 +97,14 @@ class LinearScan(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         a, h0, h = ctx.saved_tensors
-        a_next = torch.cat([a[1:], torch.zeros_like(a[:1])])  # a_{t+1}, 0 past the end
-        g = _run(a_next.flip(0), grad.flip(0), torch.zeros_like(h0), ctx.method, ctx.chunk).flip(0)  # (T, B, H)
-        h_prev = torch.cat([h0[None], h[:-1]])
-        return g * h_prev, g, a[0] * g[0], None, None
+        g = torch.empty_like(grad)  # (T, B, H)
+        g[-1] = grad[-1]
+        if len(g) > 1:  # g_t = grad_t + a_{t+1} g_{t+1}, from T-2 down, without copying a or grad
+            g[:-1] = _run(a[1:], grad[:-1], g[-1], ctx.method, ctx.chunk, reverse=True)
+        da = torch.empty_like(a)  # dL/da_t = g_t h_{t-1}
+        torch.mul(g[0], h0, out=da[0])
+        torch.mul(g[1:], h[:-1], out=da[1:])
+        return da, g, a[0] * g[0], None, None
 
 
 def linear_scan(
