@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
     size = "" if args.model is not None else f", H = {args.hidden}"
     print(f"first lag k at which ||dL/dh_(T-k)|| < {RATIO:g} x ||dL/dh_T|| (T = {T}{size}):")
+    width = max(map(len, flows))
     for cell, by in flows.items():
         for phase, f in by.items():
             for k in range(len(f.grad_norms)):
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
                 spectrum = ""
                 if f.spectral_radius is not None:
                     spectrum = f"   rho(W) = {f.spectral_radius[k]:.3f}, ||W||_2 = {f.spectral_norm[k]:.3f}"
-                print(f"  {cell:<6} {phase:<8}{layer}  {where}{spectrum}")
+                print(f"  {cell:<{width}} {phase:<8}{layer}  {where}{spectrum}")
     print(f"wrote {out}/: iterated_tanh.png/.csv, gradient_flow.png/.json/.csv")
     return 0
 

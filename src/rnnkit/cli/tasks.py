@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     header = ["cell", "T", "test loss", "memoryless", "ratio", *(["accuracy"] if recall else []), "solved", "seconds"]
     print(f"test loss: {metric}; ratio: test loss / memoryless"
           + ("; accuracy: recalled symbols right" if recall else ""))
-    print(_line(header), flush=True)
+    width = max(map(len, cells)) + 2
+    print(_line(header, width), flush=True)
     results, rows = [], []
     for T in lengths:
         for cell in cells:
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             row = [cell, T, f"{r.final_loss:.4g}", f"{r.baseline:.4g}", f"{r.final_loss / r.baseline:.3f}",
                    *([f"{r.accuracy:.3f}"] if recall else []), "yes" if r.solved else "no", f"{r.seconds:.1f}"]
             rows.append(row)
-            print(_line(row), flush=True)
+            print(_line(row, width), flush=True)
 
     write_json(out / f"{task.name}.json", {
         "settings": flag_values(args),
@@ -86,6 +87,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _line(cells: list) -> str:
-    """One table row: cell and T to the left, the numbers right-aligned."""
-    return "".join(f"{c!s:<7}" if i == 0 else f"{c!s:<5}" if i == 1 else f"{c!s:>11}" for i, c in enumerate(cells))
+def _line(cells: list, width: int) -> str:
+    """One table row: cell (in `width` characters) and T to the left, the numbers right-aligned."""
+    return "".join(f"{c!s:<{width}}" if i == 0 else f"{c!s:<5}" if i == 1 else f"{c!s:>11}" for i, c in enumerate(cells))
