@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import sys
 import time
@@ -28,6 +27,7 @@ import torch
 from rnnkit import LMConfig, RNNLanguageModel, decoding
 from rnnkit.apps.lm import read_prompts
 from rnnkit.data import Tokenizer, train_tokenizer_from_text
+from throughput import machine_info  # the script beside this one
 
 SEED = 0
 WORDS = ["Ärger", "über", "Köln", "naïve", "café", "日本語", "テキスト", "emoji", "😀", "🎉", "the", "cat", "sat",
@@ -82,8 +82,7 @@ def main() -> None:
         measure(train_tokenizer_from_text("word", lines), args.hidden, args.tokens, args.block),
     ]
     report = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
+        "machine": machine_info(),
         "command": " ".join(sys.argv[1:]), "results": results,
     }
     if args.json:

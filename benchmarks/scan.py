@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +37,7 @@ from torch import nn
 from rnnkit import Recurrent
 from rnnkit.io import save_figure
 from rnnkit.nn import scan
+from throughput import machine_info  # the script beside this one
 
 TORCH = {"mingru": nn.GRU, "minlstm": nn.LSTM}
 
@@ -129,8 +128,9 @@ def plot(results: list[dict[str, Any]]):
         if rows:
             ax.plot([r["T"] for r in rows], [r["speedup_vs_torch"] for r in rows], "o-", color=color,
                     label=f"{cell} scan / torch.nn.{rows[0]['torch_module']}")
-            if all("speedup_vs_reference" in r for r in rows):
-                ax.plot([r["T"] for r in rows], [r["speedup_vs_reference"] for r in rows], "o--", color=color,
+            timed = [r for r in rows if "speedup_vs_reference" in r]
+            if timed:
+                ax.plot([r["T"] for r in timed], [r["speedup_vs_reference"] for r in timed], "o--", color=color,
                         alpha=0.6, label=f"{cell} scan / its step loop")
     ax.axhline(1, color="grey", lw=1)
     ax.set_xscale("log", base=2)
@@ -155,7 +155,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="T 32 and 128, B 8, H 64, 2 rounds: seconds")
     parser.add_argument("--json", action="store_true", help="print one JSON object (progress to stderr)")
     parser.add_argument("--plot", type=Path, help="write the speed-ups against T as a PNG")
+    parser.add_argument("--replot", type=Path, help="only draw --plot from the JSON of an earlier run")
     args = parser.parse_args()
+    if args.replot is not None and args.plot is not None:
+        save_figure(args.plot, plot(json.loads(args.replot.read_text())["results"]), dpi=100)
+        return
     if args.device == "cuda" and not torch.cuda.is_available():
         print("scan.py: skipped, --device cuda was asked for but no CUDA device is here")
         return
@@ -175,11 +179,7 @@ def main() -> None:
                 f"  x{r['speedup_vs_torch']:.2f}{reference}  saved MiB: scan {r['scan_saved_mib']:.0f}, "
                 f"torch {r['torch_saved_mib']:.0f}  [{others}]")
     report = {
-        "machine": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "platform": platform.platform(),
-            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None,
-        },
+        "machine": machine_info(),
         "command": " ".join(sys.argv[1:]),
         "results": results,
     }
