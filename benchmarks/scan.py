@@ -13,7 +13,7 @@ the memory each keeps for its backward pass (the saved tensors' bytes, counted w
 torch.autograd.graph.saved_tensors_hooks; on CUDA also the allocator's peak).
 
     python benchmarks/scan.py [--device cpu|cuda] [--json] [--quick] [--plot docs/img/scan-speedup.png]
-        [--lengths 128,512,1024,4096] [--methods chunked:1,chunked:16,log:1] [--reference-max-t 1024]
+        [--lengths 128,512,1024,4096] [--methods chunked:1,chunked:16,blocked:64,log:1] [--reference-max-t 1024]
 
 Each result has cell, T, scan_ms, torch_ms and speedup_vs_torch = torch_ms / scan_ms (and
 reference_ms, speedup_vs_reference, the memory figures and methods_ms). `--device cuda` without a
@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--cells", default="mingru,minlstm")
     parser.add_argument("--lengths", default="128,512,1024,4096", help="comma-separated T")
-    parser.add_argument("--methods", default="chunked:1,chunked:16,log:1", help="scan methods to time besides the default")
+    parser.add_argument("--methods", default="chunked:1,chunked:16,blocked:64,log:1", help="scan methods to time besides the default")
     parser.add_argument("--reference-max-t", type=int, default=1024, help="time the step loop up to this T")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)

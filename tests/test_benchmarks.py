@@ -47,7 +47,7 @@ def test_scan_quick_reports_each_case_against_torch_and_the_step_loop(tmp_path):
     for r in results:
         assert r["torch_module"] == {"mingru": "GRU", "minlstm": "LSTM"}[r["cell"]]
         assert r["speedup_vs_torch"] == pytest.approx(r["torch_ms"] / r["scan_ms"])
-        assert r["reference_ms"] > 0 and r["scan_saved_mib"] > 0 and set(r["methods_ms"]) == {"chunked:1", "chunked:16", "log:1"}
+        assert r["reference_ms"] > 0 and r["scan_saved_mib"] > 0 and set(r["methods_ms"]) == {"chunked:1", "chunked:16", "blocked:64", "log:1"}
     assert (tmp_path / "scan.png").stat().st_size > 0
 
 

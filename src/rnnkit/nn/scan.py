@@ -2,12 +2,17 @@
 
 minGRU and minLSTM (Feng et al. 2024) compute a_t and b_t from x_t alone, so their recurrence is
 this one, elementwise, and needs no matrix product between steps. `linear_scan` computes it for
-all T steps with one of two methods, and its gradient with the same method run backwards in time
+all T steps with one of three methods, and its gradient with the same method run backwards in time
 (the gradient of a linear recurrence is a linear recurrence, section "backward" below):
 
     "chunked"   Hillis-Steele within chunks of `chunk` steps (log2(chunk) rounds of
                 b[k:] += a[k:] * b[:-k], a[k:] *= a[:-k]), one step from chunk to chunk. No division
                 and no logarithm: as exact as the step loop. chunk = 1 is the step loop itself.
+                Memory beyond h: one chunk.
+    "blocked"   the same arithmetic, in three phases: Hillis-Steele in every chunk at once, the
+                step loop over the T / chunk chunk ends, then every h_t from its chunk's start.
+                About log2(chunk) + T / chunk operations on whole tensors instead of T / chunk
+                times log2(chunk): few kernel launches, for a GPU. Memory beyond h: a and b again.
     "log"       Heinsen (2023): h_t = exp(A_t) (h_0 + sum_k exp(log b_k - A_k)), A_t = sum log a,
                 with logcumsumexp; b is split into its positive and negative parts, each scanned.
                 Fully parallel over T, but exp/log on every element, and less exact in float32.
@@ -27,10 +32,10 @@ from torch.autograd.function import once_differentiable
 
 from ..errors import ParameterError
 
-METHODS = ("chunked", "log")
-# per device type: (method, chunk). The CUDA choice is not yet measured: a fully parallel scan
-# over chunks of 64 steps is the usual one there.
-DEFAULTS = {"cpu": ("chunked", 1), "cuda": ("chunked", 64)}
+METHODS = ("chunked", "blocked", "log")
+# per device type: (method, chunk). The CUDA choice is not yet measured (no GPU was lent for it):
+# the blocked scan over chunks of 64 steps, the usual shape of a scan on a GPU.
+DEFAULTS = {"cpu": ("chunked", 1), "cuda": ("blocked", 64)}
 
 
 def _chunked(a: Tensor, b: Tensor, h0: Tensor, chunk: int, reverse: bool = False) -> Tensor:
@@ -58,6 +63,27 @@ def _chunked(a: Tensor, b: Tensor, h0: Tensor, chunk: int, reverse: bool = False
     return h
 
 
+def _blocked(a: Tensor, b: Tensor, h0: Tensor, chunk: int, reverse: bool = False) -> Tensor:
+    """The chunked scan's arithmetic with every chunk at once; see `_chunked` for the arguments."""
+    if reverse:
+        return _blocked(a.flip(0), b.flip(0), h0, chunk).flip(0)
+    T, rest = a.shape[0], a.shape[1:]
+    C = min(chunk, T)
+    n = -(-T // C)
+    pad = n * C - T  # identity steps (a = 1, b = 0) fill the last chunk
+    A = torch.cat([a, a.new_ones((pad, *rest))]) if pad else a.clone()
+    B = torch.cat([b, b.new_zeros((pad, *rest))]) if pad else b.clone()
+    A, B = A.view(n, C, *rest), B.view(n, C, *rest)  # (n, C, B, H)
+    k = 1
+    while k < C:  # afterwards h at step c of chunk j is A[j, c] * (the state entering chunk j) + B[j, c]
+        B[:, k:] = torch.addcmul(B[:, k:], A[:, k:], B[:, :-k])
+        A[:, k:] = A[:, k:] * A[:, :-k]
+        k *= 2
+    ends = _chunked(A[:, -1], B[:, -1], h0, 1)  # (n, B, H): the state leaving each chunk
+    starts = torch.cat([h0[None], ends[:-1]])  # (n, B, H): the state entering each chunk
+    return torch.addcmul(B, A, starts[:, None]).view(n * C, *rest)[:T]
+
+
 def _log(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:
     """Heinsen's log-space scan; b and h0 split into positive and negative parts."""
     if reverse:
@@ -75,7 +101,9 @@ def _log(a: Tensor, b: Tensor, h0: Tensor, reverse: bool = False) -> Tensor:
 
 
 def _run(a: Tensor, b: Tensor, h0: Tensor, method: str, chunk: int, reverse: bool = False) -> Tensor:
-    return _chunked(a, b, h0, chunk, reverse) if method == "chunked" else _log(a, b, h0, reverse)
+    if method == "log":
+        return _log(a, b, h0, reverse)
+    return (_chunked if method == "chunked" else _blocked)(a, b, h0, chunk, reverse)
 
 
 class LinearScan(torch.autograd.Function):
