@@ -53,8 +53,7 @@ class ScanCell(Cell):
         its sequence holds the state (a = 1, b = 0)."""
         a, b = self.coefficients(x)  # (T, B, H) each
         if valid is not None:
-            a = torch.where(valid, a, torch.ones_like(a))
-            b = torch.where(valid, b, torch.zeros_like(b))
+            a, b = a.masked_fill(~valid, 1.0), b.masked_fill(~valid, 0.0)
         return linear_scan(a, b, h0)
 
 
