@@ -135,3 +135,28 @@ def test_detach_state_keeps_the_shape_of_the_state() -> None:
     nested = detach_state([(h, h), h])
     assert isinstance(nested, list) and isinstance(nested[0], tuple)
     assert torch.equal(nested[0][1], h.detach())
+
+
+@pytest.mark.parametrize("memmap", [False, True])
+@settings(max_examples=20, deadline=None)
+@given(parts=st.sampled_from([1, 2, 3, 4]), per_part=st.integers(1, 3), bptt=st.integers(1, 6), extra=st.integers(0, 30))
+def test_shards_cut_every_window_into_the_parts_of_its_streams(memmap, parts, per_part, bptt, extra, tmp_path_factory) -> None:
+    """The k-th of n shards reads streams k*B/n .. (k+1)*B/n - 1 of the whole batch, window by window:
+    what n processes training together read is exactly what one reads."""
+    batch_size = parts * per_part
+    ids = np.arange(batch_size * (bptt + 1) + extra, dtype=np.uint16)
+    if memmap:
+        path = tmp_path_factory.mktemp("ids") / "ids.bin"
+        ids.tofile(path)
+        ids = np.memmap(path, dtype=np.uint16, mode="r", shape=ids.shape)
+    whole = BPTTBatches(ids, batch_size, bptt)
+    shards = [BPTTBatches(ids, batch_size, bptt, shard=(k, parts)) for k in range(parts)]
+    assert all(len(s) == len(whole) and s.batch_size == per_part for s in shards)
+    for i in range(len(whole)):
+        for a, b in zip(whole[i], zip(*(s[i] for s in shards), strict=True), strict=True):
+            assert torch.equal(a, torch.cat(b, dim=1))
+
+
+def test_a_shard_must_be_an_equal_part() -> None:
+    with pytest.raises(ValueError, match="equal parts"):
+        BPTTBatches(np.arange(100), 6, 4, shard=(0, 4))

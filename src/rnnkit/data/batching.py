@@ -51,6 +51,8 @@ class BPTTBatches:
         bptt: T, the steps per window (the last window of an epoch may be shorter).
         device: where the windows go.
         name: what `ids` is, for the message when they are too few (e.g. "valid split").
+        shard: (k, n): only the k-th of n equal parts of the streams, the share of process k of
+            n training together; `batch_size` then counts the streams of this part.
 
     A memmap stays on disk and each window is read and converted when asked for; anything else is
     converted once into a (L, B) LongTensor on `device`, of which every window is a view.
@@ -63,10 +65,14 @@ class BPTTBatches:
         bptt: int,
         device: torch.device | str | None = None,
         name: str = "corpus",
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         for arg, value in (("batch_size", batch_size), ("bptt", bptt)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise RnnkitError(f"{arg} must be a positive integer, got {value!r}")
+        part, parts = shard
+        if batch_size % parts or not 0 <= part < parts:
+            raise ValueError(f"shard {part} of {parts} does not cut batch_size {batch_size} into equal parts")
         if ids.ndim != 1:
             raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
         n, need = len(ids), batch_size * (bptt + 1)
@@ -75,16 +81,17 @@ class BPTTBatches:
                 f"the {name} has {n} tokens, too few for one batch: "
                 f"batch_size {batch_size} x (bptt {bptt} + 1) needs at least {need}"
             )
-        self.batch_size, self.bptt, self.device = batch_size, bptt, device
+        self.batch_size, self.bptt, self.device = batch_size // parts, bptt, device
         self.steps = n // batch_size  # L, the length of each stream
-        kept = ids[: batch_size * self.steps]
+        size = self.batch_size * self.steps
+        kept = ids[part * size : (part + 1) * size]  # this shard's streams, one after another
         if isinstance(ids, np.memmap):
-            self._streams: Any = kept.reshape(batch_size, self.steps)  # (B, L), still on disk
+            self._streams: Any = kept.reshape(self.batch_size, self.steps)  # (B, L), still on disk
             self._data: Tensor | None = None
         else:
             data = kept if isinstance(kept, Tensor) else torch.from_numpy(np.asarray(kept).astype(np.int64))
             self._streams = None
-            data = data.to(device=device, dtype=torch.long).view(batch_size, self.steps)  # (B, L)
+            data = data.to(device=device, dtype=torch.long).view(self.batch_size, self.steps)  # (B, L)
             self._data = data.t().contiguous()  # (L, B)
 
     def __len__(self) -> int:

@@ -1,6 +1,7 @@
 """Training: one loop for every task, its callbacks, and the model directory it writes."""
 
-from .callbacks import Callback, MetricsFile, ProgressBar
+from . import distributed
+from .callbacks import Callback, MetricsFile, ProgressBar, TensorBoard
 from .checkpoint import ModelKind, load_model, read_config, register_kind, save_model
 from .loop import LoopState, Task, TrainConfig, fit, resolve_device
 
@@ -11,7 +12,9 @@ __all__ = [
     "ModelKind",
     "ProgressBar",
     "Task",
+    "TensorBoard",
     "TrainConfig",
+    "distributed",
     "fit",
     "load_model",
     "read_config",

@@ -21,12 +21,18 @@ and "end" with a dict of figures; writing metrics.jsonl is one of them.
 
 Seed the global RNG before building the model: the loop draws from it (dropout) but does not
 reseed it, so that the weights and the training stream follow from one seed.
+
+Launched by torchrun, `fit` trains on every process of the job with DistributedDataParallel (see
+`rnnkit.training.distributed`): the task reads its share of each batch (`Task.shard`), rank 0
+evaluates, writes the directory and calls the callbacks, and a checkpoint holds the whole job's
+state, so that a restarted job (torchrun --max-restarts) resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import signal
 import threading
@@ -45,7 +51,9 @@ from ..data import detach_state
 from ..errors import ParameterError, RnnkitError
 from ..io import read_json
 from . import checkpoint as ckpt
+from . import distributed
 from .callbacks import Callback, MetricsFile
+from .distributed import Group
 
 OPTIMIZERS = ("sgd", "asgd", "adamw")
 SCHEDULES = ("plateau", "cosine", "exponential", "none")
@@ -141,6 +149,16 @@ class Task(ABC):
     def start_state(self, model: nn.Module) -> Any:
         """The state at the start of every epoch (the language model's zero state)."""
         return None
+
+    # the dimension of the carried state's tensors that runs over the batch: a job of W processes
+    # cuts it into W shards (its checkpoints hold the whole state, gathered)
+    carry_batch_dim: ClassVar[int] = 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        """From now on, give only this process's share of every batch: the rank-th of `world_size`
+        equal parts, whose mean losses average to the whole batch's (DDP averages the gradients).
+        RnnkitError where the batches cannot be cut so."""
+        raise RnnkitError(f"{type(self).__name__} cannot train on several processes")
 
     def count(self, batch: Any) -> int:
         """Tokens (or examples) in a batch, for the throughput the progress shows."""
@@ -275,17 +293,19 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _stop_on_sigint() -> Iterator[threading.Event]:
-    """Turn Ctrl-C into a flag the loop checks between steps, so a step is never cut in half."""
+def _stop_on_signals(*signals: signal.Signals) -> Iterator[threading.Event]:
+    """Turn Ctrl-C (and, in a job, the SIGTERM that a launcher or a scheduler sends) into a flag
+    the loop checks between steps, so a step is never cut in half."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in signals}
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _finite(model: nn.Module) -> bool:
@@ -335,38 +355,77 @@ def fit(
     JSONConfig) to be saved. Without one, nothing is written and the model ends with its last
     weights.
 
+    In a job that torchrun launched, every process calls `fit` with the same arguments (a
+    directory on a file system they share); rank 0 alone writes the directory and calls the
+    callbacks.
+
     The summary holds "steps", "epochs_done", "best_valid" (loss), "stopped" ("done",
-    "early_stop", "time_budget" or "interrupted"), "history" (every evaluation) and "device".
+    "early_stop", "time_budget" or "interrupted"), "history" (every evaluation), "device" and
+    "world_size" (the processes that trained).
     """
     assets = dict(assets or {})
-    device = resolve_device(config.device)
-    if directory is None:
-        return _Run(model, task, config, device, None, assets, callbacks).train()
-    directory = Path(directory)
-    with ckpt.lock_directory(directory):  # one writer: a second process is refused here
-        if resume:
-            saved_config = check_resume(directory, model, config, assets)
-            ckpt.remove_orphans(directory)
-            ckpt.write_config(directory, model, config)  # the run's settings from now on
-        elif (directory / ckpt.CONFIG).exists():
-            raise RnnkitError(f"{directory} already holds a model: resume it, or write to another directory")
-        metrics = MetricsFile(directory)
-        run = _Run(model, task, config, device, directory, assets, [metrics, *callbacks])
-        if resume and ckpt.has_trainer_state(directory):
-            run.restore(saved_config)
-            metrics.truncate(run.st.step)  # evaluations after the checkpoint are made again
-        elif not resume:
+    group, device = distributed.setup(resolve_device(config.device))
+    if group is not None:
+        with distributed.together(group):
+            task.shard(group.rank, group.world_size)
+        distributed.check_same(group, {
+            "model": model.config.to_dict() if hasattr(model, "config") else None, "train": config.to_dict(),
+            "weights": {k: tuple(v.shape) for k, v in model.state_dict().items()}, "resume": resume,
+            "directory": directory is not None,
+        })
+        if not group.main:
+            callbacks = ()
+    directory = None if directory is None else Path(directory)
+    writes = directory is not None and (group is None or group.main)
+    saved_config = None
+    with contextlib.ExitStack() as held:
+        with distributed.together(group):
+            if writes:
+                held.enter_context(ckpt.lock_directory(directory))  # one writer: a second run is refused here
+                if resume:
+                    saved_config = check_resume(directory, model, config, assets)
+                    ckpt.remove_orphans(directory)
+                    ckpt.write_config(directory, model, config)  # the run's settings from now on
+                elif (directory / ckpt.CONFIG).exists():
+                    raise RnnkitError(f"{directory} already holds a model: resume it, or write to another directory")
+                callbacks = [MetricsFile(directory), *callbacks]
+            run = _Run(model, task, config, device, directory, assets, callbacks, group)
+        restoring = writes and resume and ckpt.has_trainer_state(directory)
+        restoring, saved_config = distributed.broadcast(group, (restoring, saved_config))
+        with distributed.together(group):
+            if restoring:
+                run.restore(saved_config)
+        if restoring and writes:
+            callbacks[0].truncate(run.st.step)  # evaluations after the checkpoint are made again
+        elif writes and not resume:
             ckpt.save_model(directory, model, assets, config)
         return run.train()
+
+
+class _TaskLoss(nn.Module):
+    """The task's loss as a module's forward, where DistributedDataParallel hooks in."""
+
+    def __init__(self, model: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, batch: Any, state: Any) -> tuple[Tensor, Any]:
+        return self.task.loss(self.model, batch, state)
 
 
 class _Run:
     """One call of `fit`: what its pieces share."""
 
     def __init__(self, model: nn.Module, task: Task, config: TrainConfig, device: torch.device,
-                 directory: Path | None, assets: dict[str, Asset], callbacks: Sequence[Callback]) -> None:
+                 directory: Path | None, assets: dict[str, Asset], callbacks: Sequence[Callback],
+                 group: Group | None = None) -> None:
         self.model, self.task, self.config, self.device = model.to(device), task, config, device
         self.directory, self.assets, self.callbacks = directory, assets, callbacks
+        self.group, self.world_size = group, 1 if group is None else group.world_size
+        self.writes = directory is not None and (group is None or group.main)  # only rank 0 writes
+        self.ddp: nn.Module | None = None  # DistributedDataParallel, made when training starts
+        if group is not None:
+            _own_stream(group)
         self.batches = task.batches(device)
         self.per_epoch = len(self.batches)
         if self.per_epoch == 0:
@@ -375,6 +434,7 @@ class _Run:
         self.optimizer = make_optimizer(model, config)
         self.scheduler = make_schedule(self.optimizer, config, self.total_steps)
         self.st = LoopState()
+        self.saved_step = 0  # the step of the last trainer state saved
         self.carry: Any = None  # the state the task carries from batch to batch
         # the last log_every losses, kept on the device: no host sync per step, and one buffer rather
         # than a list of small tensors, which fragmented the CPU heap (peak memory 1.5x the plain loop's)
@@ -396,6 +456,7 @@ class _Run:
     def _restore(self, saved_config: TrainConfig) -> None:
         saved = ckpt.load_trainer_state(self.directory, self.model)
         self.st = LoopState.from_dict(saved.get("loop", saved.get("trainer", {})))
+        self.saved_step = self.st.step
         config = self.config
         # the settings the optimizer's state was made with
         before = type(config).from_dict(saved["config"]) if "config" in saved else saved_config
@@ -418,14 +479,17 @@ class _Run:
             self._set_lr(lambda lr: config.learning_rate * factor, config.learning_rate)
             if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.last_epoch = self.st.step if config.schedule == "cosine" else self.st.epoch
-        torch.set_rng_state(saved["rng"])
-        if self.device.type == "cuda" and "cuda_rng" in saved:
-            torch.cuda.set_rng_state(saved["cuda_rng"])
+        if self.group is None or not distributed.set_rng(self.group, saved.get("rng_by_rank", saved)):
+            torch.set_rng_state(saved["rng"])
+            if self.device.type == "cuda" and "cuda_rng" in saved:
+                torch.cuda.set_rng_state(saved["cuda_rng"])
+            if self.group is not None:  # saved by a job of another size: fresh streams from where it stood
+                _own_stream(self.group)
         self.task.load_state_dict(saved.get("task", {}))
         carry = saved.get("carry", saved.get("hidden"))  # "hidden": rnnkit 0.1
         if carry is not None:
             carry = tuple(c.to(self.device) for c in carry) if isinstance(carry, tuple) else carry.to(self.device)
-        self.carry = carry
+        self.carry = distributed.shard(self.group, carry, self.task.carry_batch_dim)  # saved whole
 
     def _set_lr(self, rate: Callable[[float], float], base: float) -> None:
         """Every group's rate to rate(its rate), the schedule's base rate to `base` (ASGD's step
@@ -443,32 +507,43 @@ class _Run:
             callback(event, info)
 
     def save_state(self) -> None:
-        """The trainer state, which resuming continues from; never with non-finite weights."""
+        """The trainer state, which resuming continues from; never with non-finite weights. A
+        job's holds the whole carried state and every process's random streams."""
         if not _finite(self.model):
-            raise RnnkitError(f"the weights became non-finite by step {self.st.step}; stopped without saving "
-                              f"them, the last good checkpoint is kept (try a lower lr or clip)")
+            raise distributed.shared_error(self.group, f"the weights became non-finite by step {self.st.step}; "
+                                           f"stopped without saving them, the last good checkpoint is kept "
+                                           f"(try a lower lr or clip)")
         if self.directory is None:
+            return
+        carry = distributed.gather(self.group, self.carry, self.task.carry_batch_dim)
+        by_rank = distributed.gather_rng(self.group) if self.group is not None else {}
+        if not self.writes:
             return
         saved = {
             "loop": dataclasses.asdict(self.st), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": torch.get_rng_state(), "carry": self.carry, "task": self.task.state_dict(),
+            "rng": torch.get_rng_state(), "carry": carry, "task": self.task.state_dict(),
             "config": self.config.to_dict(),
         }
         if self.device.type == "cuda":
             saved["cuda_rng"] = torch.cuda.get_rng_state()
+        if by_rank:
+            saved["rng_by_rank"] = by_rank
         ckpt.save_trainer_state(self.directory, self.model, self.st.step, saved)
+        self.saved_step = self.st.step
 
     def evaluate(self) -> bool:
         """Evaluate, keep the best model, step the plateau schedule; True to stop early."""
         st, model = self.st, self.model
+        main = self.group is None or self.group.main
         with averaged_weights(model, self.optimizer), eval_mode(model):
-            metrics = self.task.evaluate(model)
+            metrics = distributed.broadcast(self.group, self.task.evaluate(model) if main else None)  # rank 0's
             improved = math.isfinite(metrics["loss"]) and metrics["loss"] < st.best and _finite(model)
             if improved:
                 st.best, st.bad = metrics["loss"], 0
-                self.task.on_best(model)
-                if self.directory is not None:
+                if main:
+                    self.task.on_best(model)
+                if self.writes:
                     ckpt.save_model(self.directory, model, self.assets, self.config)
             else:
                 st.bad += 1
@@ -490,13 +565,13 @@ class _Run:
         """One host sync: stop at a non-finite loss; every log_every steps (or `final`), report."""
         if not self.logged:
             return
-        values = self.losses[: self.logged].cpu()
+        values = distributed.mean(self.group, self.losses[: self.logged]).cpu()  # the whole batch's losses
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad):
             step = self.st.step - (self.logged - int(bad[0]) - 1) // self.config.accumulate
             where = f" in {self.directory}" if self.directory else ""
-            raise RnnkitError(f"the loss became {values[int(bad[0])].item()} at step {step}; stopped, the last "
-                              f"good checkpoint{where} is kept (try a lower lr or clip)")
+            raise distributed.shared_error(self.group, f"the loss became {values[int(bad[0])].item()} at step {step}; "
+                                           f"stopped, the last good checkpoint{where} is kept (try a lower lr or clip)")
         if self.logged == len(self.losses) or final:
             now = time.perf_counter()
             self.report("step", {
@@ -511,15 +586,19 @@ class _Run:
         config, st = self.config, self.st
         batch = self.batches[i]
         self.carry = detach_state(self.carry)
-        with autocast:
-            loss, self.carry = self.task.loss(self.model, batch, self.carry)
-        group = min(config.accumulate, self.per_epoch - i + i % config.accumulate)  # the epoch's last may be short
-        (loss / group if group > 1 else loss).backward()
+        last = not (i + 1) % config.accumulate or i + 1 == self.per_epoch  # of the batches one step adds up
+        # in a job, the gradients are averaged over the processes once per step, with its last batch
+        with contextlib.nullcontext() if self.ddp is None or last else self.ddp.no_sync():
+            with autocast:
+                loss, self.carry = (self.task.loss(self.model, batch, self.carry) if self.ddp is None
+                                    else self.ddp(batch, self.carry))
+            group = min(config.accumulate, self.per_epoch - i + i % config.accumulate)  # the epoch's last may be short
+            (loss / group if group > 1 else loss).backward()
         self.losses[self.logged].copy_(loss.detach())
         self.logged += 1
-        self.tokens += self.task.count(batch)
+        self.tokens += self.task.count(batch) * self.world_size
         st.batch = i + 1
-        if st.batch % config.accumulate and st.batch < self.per_epoch:
+        if not last:
             return False  # gradients add up until the next step
         if config.clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
@@ -531,13 +610,35 @@ class _Run:
         return True
 
     def train(self) -> dict[str, Any]:
+        if self.group is None:
+            return self._train()
+        from torch.nn.parallel import DistributedDataParallel
+
+        # made here, after any restore: it starts by copying rank 0's weights to every process
+        # no buffer takes part in training (the LM's start state is for prompts): none is sent every step
+        quiet = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                 else {"broadcast_buffers": False})  # the name before PyTorch 2.11
+        self.ddp = DistributedDataParallel(
+            _TaskLoss(self.model, self.task), device_ids=[self.device.index] if self.device.type == "cuda" else None, **quiet)
+        try:
+            return self._train()
+        except RuntimeError as error:
+            if not distributed.lost_peer(error):
+                raise
+            said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            kept = (f"; the checkpoint of step {self.saved_step} in {self.directory} is kept: continue with --resume, "
+                    f"or let torchrun restart the job (--max-restarts)" if self.directory is not None else "")
+            raise distributed.shared_error(self.group, f"a process of the job stopped ({said[:200]}){kept}") from None
+
+    def _train(self) -> dict[str, Any]:
         config, st = self.config, self.st
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and config.bf16)
         self.report("start", {"steps": self.total_steps, "step": st.step, "batches": self.per_epoch,
-                              "device": str(self.device)})
+                              "device": str(self.device), "world_size": self.world_size})
         self.model.train()
         stopped, started = "done", time.perf_counter() - st.elapsed
-        with _stop_on_sigint() as interrupted:
+        signals = (signal.SIGINT,) if self.group is None else (signal.SIGINT, signal.SIGTERM)
+        with _stop_on_signals(*signals) as interrupted:
             while st.epoch < config.epochs and stopped == "done":
                 if self.carry is None:
                     self.carry = self.task.start_state(self.model)
@@ -546,14 +647,18 @@ class _Run:
                     if not self.step(i, autocast):
                         continue
                     st.elapsed = time.perf_counter() - started
-                    if self.logged == len(self.losses) or st.batch == self.per_epoch:
+                    reporting = self.logged == len(self.losses) or st.batch == self.per_epoch
+                    if reporting:
                         self.check_losses(final=st.batch == self.per_epoch)
                     out_of_time = config.max_minutes is not None and st.elapsed >= 60 * config.max_minutes
+                    asked = interrupted.is_set()
+                    if self.group is not None:  # the processes stop together, where they report
+                        out_of_time, asked = distributed.any_set(self.group, out_of_time, asked) if reporting else (False, False)
                     evaluated = bool(config.eval_every) and st.step % config.eval_every == 0
                     if evaluated and self.evaluate():
                         stopped = "early_stop"
-                    if stopped != "done" or out_of_time or interrupted.is_set():
-                        stopped = "time_budget" if out_of_time else "interrupted" if interrupted.is_set() else stopped
+                    if stopped != "done" or out_of_time or asked:
+                        stopped = "time_budget" if out_of_time else "interrupted" if asked else stopped
                         break
                     if evaluated or (config.checkpoint_every and st.step % config.checkpoint_every == 0):
                         self.check_losses(final=False)
@@ -572,5 +677,10 @@ class _Run:
         self.report("end", {"stopped": stopped, "step": st.step})
         return {
             "steps": st.step, "epochs_done": st.epoch, "best_valid": st.best,
-            "stopped": stopped, "history": st.history, "device": str(self.device),
+            "stopped": stopped, "history": st.history, "device": str(self.device), "world_size": self.world_size,
         }
+
+
+def _own_stream(group: Group) -> None:
+    """A random stream for each process (dropout masks), drawn from the one they share."""
+    torch.manual_seed(int(torch.randint(2**62, ())) + group.rank)

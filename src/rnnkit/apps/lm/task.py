@@ -9,6 +9,7 @@ validation split the same way; the best model's start state for prompts is calib
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from ...data import BPTTBatches, Corpus
 from ...configs import FieldChecks
-from ...errors import RnnkitError
+from ...errors import ParameterError, RnnkitError
 from ...nn.cells import State
 from ...io import write_json
 from ...training.callbacks import Callback
@@ -71,12 +72,20 @@ class LMTask(Task):
 
     def __init__(self, corpus: Corpus, config: LMTrainConfig) -> None:
         self.corpus, self.config = corpus, config
+        self.part = (0, 1)  # the share of the B streams this process reads: the k-th of n
+
+    def shard(self, rank: int, world_size: int) -> None:
+        if self.config.batch_size % world_size:
+            raise ParameterError("batch_size", f"must be a multiple of the {world_size} processes that share its "
+                                               f"streams, got {self.config.batch_size}")
+        self.part = (rank, world_size)
 
     def batches(self, device: torch.device) -> BPTTBatches:
-        return BPTTBatches(self.corpus.train, self.config.batch_size, self.config.bptt, device, name="training split")
+        return BPTTBatches(self.corpus.train, self.config.batch_size, self.config.bptt, device, name="training split",
+                           shard=self.part)
 
     def start_state(self, model: RNNLanguageModel) -> State:
-        return model.init_state(self.config.batch_size)
+        return model.init_state(self.config.batch_size // self.part[1])  # h: (L, B, H), B this process's streams
 
     def loss(self, model: RNNLanguageModel, batch: tuple[Tensor, Tensor], state: State) -> tuple[Tensor, State]:
         x, y = batch
@@ -99,9 +108,11 @@ def train(
     config: LMTrainConfig,
     resume: bool = False,
     callback: Callback | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
     """Train a language model on `corpus` into the model directory; return the loop's summary
-    (see `rnnkit.training.fit`): "steps", "epochs_done", "best_valid", "stopped", "history"."""
+    (see `rnnkit.training.fit`): "steps", "epochs_done", "best_valid", "stopped", "history",
+    "world_size". `callback` and `callbacks` see the run's events."""
     if not isinstance(config, LMTrainConfig):
         raise TypeError(f"train needs an LMTrainConfig (it has bptt), got {type(config).__name__}")
     resolve_device(config.device)  # before building anything
@@ -109,7 +120,7 @@ def train(
     model = RNNLanguageModel(model_config)
     return fit(
         model, LMTask(corpus, config), config, directory, assets={TOKENIZER: corpus.tokenizer}, resume=resume,
-        callbacks=[] if callback is None else [callback],
+        callbacks=[*([] if callback is None else [callback]), *callbacks],
     )
 
 
