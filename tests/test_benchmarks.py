@@ -29,6 +29,17 @@ def test_throughput_quick_reports_both_loops_and_inference():
     assert report["machine"]["torch"] == torch.__version__
 
 
+@pytest.mark.slow
+def test_throughput_quick_compares_one_and_two_processes(tmp_path):
+    done = _run("throughput.py", "--quick", "--device", "cpu", "--parts", "processes", "--rounds", "1", "--json",
+                "--markdown", str(tmp_path / "b.md"))
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["processes"]
+    assert set(row["processes"]) == {"1", "2"} and row["processes"]["1"]["speedup"] == 1
+    assert row["processes"]["2"]["tokens_per_s"] > 0 and row["processes"]["2"]["threads_per_process"] == 1
+    assert "## Training on several processes: CPU" in (tmp_path / "b.md").read_text()
+
+
 def test_generation_quick_streams_what_decoding_gives():
     done = _run("generation.py", "--quick", "--json")
     assert done.returncode == 0, done.stderr

@@ -216,3 +216,35 @@ def _try_lock(directory):
             return None
     except RnnkitError as e:
         return "being written by another thread" if "another thread" in str(e) else str(e)
+
+
+def test_tensorboard_events_hold_the_runs_figures(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rnnkit.training import TensorBoard
+
+    config = TrainConfig(epochs=2, batch_size=8, optimizer="adamw", lr=0.05, schedule="none", eval_every=10,
+                         log_every=5, device="cpu")
+    summary = fit(_model(), RegressionTask(steps=20, batch=8), config, tmp_path / "m", callbacks=[TensorBoard(tmp_path / "m")])
+    events = EventAccumulator(str(tmp_path / "m/tensorboard"))
+    events.Reload()
+    valid = events.Scalars("valid/loss")
+    assert [e.step for e in valid] == [r["step"] for r in summary["history"]] == [10, 20, 30, 40]
+    assert [e.value for e in valid] == pytest.approx([r["valid_loss"] for r in summary["history"]], rel=1e-6)
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(5, 41, 5))
+
+
+def test_tensorboard_without_its_package_says_what_to_install(monkeypatch):
+    import sys
+
+    from rnnkit.training import TensorBoard
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(RnnkitError, match=r"pip install 'rnnkit\[tensorboard\]'"):
+        TensorBoard("anywhere")
+
+
+def test_a_task_that_cannot_be_sharded_says_so():
+    with pytest.raises(RnnkitError, match="RegressionTask cannot train on several processes"):
+        RegressionTask(steps=1, batch=1).shard(0, 2)

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import ParameterError, RnnkitError
+from ..training import distributed
+from ..training.distributed import Follower
 
 # the subcommand modules, in the order `rnnkit --help` lists them
 COMMANDS: tuple[str, ...] = ("demo", "train", "use", "data", "memory", "gradients", "tasks")
@@ -66,8 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(args.run(args) or 0)
+    except Follower:  # rank 0 of the job says it
+        return 1
     except RnnkitError as error:
-        print(f"rnnkit: error: {in_flag_words(error, args)}", file=sys.stderr)
+        group = distributed.current()
+        rank = f"[rank {group.rank}] " if group is not None and not group.main else ""
+        print(f"rnnkit: error: {rank}{in_flag_words(error, args)}", file=sys.stderr)
         return 1
     except OSError as error:  # a folder that cannot be written, a disk that is full: say which file
         where = f": {error.filename}" if error.filename else ""

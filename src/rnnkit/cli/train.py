@@ -1,22 +1,29 @@
-"""`rnnkit train`: train a recurrent language model on a text corpus into a model directory."""
+"""`rnnkit train`: train a recurrent language model on a text corpus into a model directory.
+
+Under torchrun it trains on every process of the job (see `rnnkit.training.distributed`): rank 0
+prepares the directory and the corpus, the others open what it wrote, and all of them train.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..apps.lm import LMConfig, LMTrainConfig, finish_run, train
 from ..apps.lm.presets import preset_path, presets
-from ..data import KINDS, build_corpus, load_tokenizer
+from ..data import KINDS, Tokenizer, build_corpus, load_tokenizer, open_corpus
 from ..demos.household.corpus import default_corpus
 from ..errors import RnnkitError
 from ..io import read_json
-from ..training import ProgressBar, read_config
+from ..training import ProgressBar, TensorBoard, distributed, read_config
 from ..training.checkpoint import check_target, lock_directory, remove_orphans
-from ..training.loop import OPTIMIZERS, SCHEDULES
+from ..training.loop import OPTIMIZERS, SCHEDULES, resolve_device
 
 # flag -> (section, field); every flag defaults to None so that --config and the defaults show through
 FLAGS = {
@@ -62,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--force", action="store_true",
                    help="write into --out even if it holds files that are not an rnnkit model")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to OUT/tensorboard (pip install 'rnnkit[tensorboard]')")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run, params={field: flag for flag, (_, field) in FLAGS.items()})
 
@@ -91,21 +100,48 @@ def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], 
 
 def run(args: argparse.Namespace) -> int:
     model_fields, train_fields, data = _configs(args)
-    unknown = set(data) - {"tokenizer", "vocab_size"}
-    if unknown:
-        raise RnnkitError(f"unknown data setting(s): {', '.join(sorted(unknown))}")
+    group = _join(train_fields)
+    main = group is None or group.main
     out: Path = args.out
-    if args.resume and (out / "config.json").exists():  # go on as saved; flags change what they name
-        train_fields = {**read_config(out).get("train", {}), **train_fields}
-    config = LMTrainConfig.from_dict(train_fields)
-    check_target(out, force=args.force)
-    with lock_directory(out):  # a second `rnnkit train` on the same --out is refused here
-        remove_orphans(out)  # what a killed run left; no other writer is here now
-        return _train(args, out, config, model_fields, data)
+    if distributed.restart_count() and not args.resume:  # torchrun restarted the job: go on from its checkpoint
+        args.resume = True
+        if main:
+            print(f"rnnkit: torchrun restarted the job (restart {distributed.restart_count()}); resuming from {out}",
+                  file=sys.stderr)
+    with contextlib.ExitStack() as held:
+        with distributed.together(group):  # an error here is said once, by rank 0
+            unknown = set(data) - {"tokenizer", "vocab_size"}
+            if unknown:
+                raise RnnkitError(f"unknown data setting(s): {', '.join(sorted(unknown))}")
+            if args.resume and (out / "config.json").exists():  # go on as saved; flags change what they name
+                train_fields = {**read_config(out).get("train", {}), **train_fields}
+                model_fields = {**read_config(out)["model"], **model_fields}
+            config = LMTrainConfig.from_dict(train_fields)
+            if main:
+                check_target(out, force=args.force)
+                held.enter_context(lock_directory(out))  # a second `rnnkit train` on the same --out is refused here
+                remove_orphans(out)  # what a killed run left; no other writer is here now
+                corpus = _corpus(args, out, data)
+        # the other processes open the corpus rank 0 built, on the file system they share
+        args.resume, tokenizer = distributed.broadcast(group, (args.resume, corpus.tokenizer.to_json() if main else None))
+        if not main:
+            corpus = open_corpus(out / "data", Tokenizer.from_json(tokenizer))
+        return _train(args, out, corpus, config, LMConfig.from_dict({**model_fields, "vocab_size": corpus.tokenizer.vocab_size}), group)
 
 
-def _train(args: argparse.Namespace, out: Path, config: LMTrainConfig, model_fields: dict[str, Any],
-           data: dict[str, Any]) -> int:
+def _join(train_fields: dict[str, Any]) -> distributed.Group | None:
+    """Join the torchrun job this process belongs to, if any, before anything can fail, so that an
+    error every process meets is said once."""
+    name = train_fields.get("device", "auto")
+    try:
+        device = resolve_device(name if isinstance(name, str) else "auto")
+    except RnnkitError:
+        device = torch.device("cpu")  # the training config's check says what is wrong with it
+    return distributed.setup(device)[0]
+
+
+def _corpus(args: argparse.Namespace, out: Path, data: dict[str, Any]) -> Any:
+    """The corpus in OUT/data, built with the saved tokenizer when resuming; settles args.resume."""
     if args.resume and not (out / "config.json").exists():
         print(f"rnnkit: note: {out} holds no model yet (its run stopped before the first save); starting afresh",
               file=sys.stderr)
@@ -113,24 +149,31 @@ def _train(args: argparse.Namespace, out: Path, config: LMTrainConfig, model_fie
     elif not args.resume and (out / "config.json").exists():
         raise RnnkitError(f"{out} already holds a model: use --resume to continue it, or another --out")
     if args.resume:
-        saved = read_config(out)
         tokenizer: Any = load_tokenizer(out / "tokenizer.json")
         if data.get("tokenizer", tokenizer.kind) != tokenizer.kind:
             raise RnnkitError(f"--resume with another tokenizer ({data['tokenizer']}) than the {tokenizer.kind} one in {out}")
-        model_fields = {**saved["model"], **model_fields}
     else:
         tokenizer = data.get("tokenizer", "word")
     train_path = args.data if args.data is not None else default_corpus(out / "data")
-    corpus = build_corpus(
+    return build_corpus(
         train_path, args.valid, args.test, out_dir=out / "data", tokenizer=tokenizer, vocab_size=data.get("vocab_size")
     )
-    model_config = LMConfig.from_dict({**model_fields, "vocab_size": corpus.tokenizer.vocab_size})
-    progress = None if args.quiet else ProgressBar()
+
+
+def _train(args: argparse.Namespace, out: Path, corpus: Any, config: LMTrainConfig, model_config: LMConfig,
+           group: distributed.Group | None) -> int:
+    main = group is None or group.main
+    callbacks = [] if args.quiet or not main else [ProgressBar()]
+    if args.tensorboard and main:
+        callbacks.append(TensorBoard(out))
     try:
-        summary = train(out, corpus, model_config, config, resume=args.resume, callback=progress)
+        summary = train(out, corpus, model_config, config, resume=args.resume, callbacks=callbacks)
     finally:
-        if progress is not None:
-            progress.close()
+        for callback in callbacks:
+            if isinstance(callback, ProgressBar):
+                callback.close()
+    if not main:
+        return 130 if summary["stopped"] == "interrupted" else 0
     if summary["stopped"] == "interrupted":
         print(f"rnnkit: interrupted at step {summary['steps']}; saved in {out}, continue with --resume", file=sys.stderr)
         return 130

@@ -2,12 +2,13 @@
 
 A callback is any callable `callback(event, info)`; the loop calls it with
 
-    "start"  {"steps", "step", "batches", "device"}            before the first step
+    "start"  {"steps", "step", "batches", "device", "world_size"}  before the first step
     "step"   {"step", "epoch", "loss", "lr", "tokens_per_s"}   every log_every steps
     "eval"   {"step", "epoch", "valid_loss", ..., "lr", "elapsed_s", "best"}
     "end"    {"stopped", "step"}
 
-so that another view of a run (TensorBoard, a dashboard) plugs in without touching the loop.
+so that another view of a run (TensorBoard, a dashboard) plugs in without touching the loop. In a
+job of several processes, only rank 0's callbacks are called.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import RnnkitError
 from ..io import append_jsonl, write_bytes
 
 Callback = Callable[[str, dict[str, Any]], None]
@@ -50,6 +52,38 @@ class MetricsFile:
             if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
                 kept.append(line + "\n")
         write_bytes(self.path, "".join(kept).encode("utf-8"))
+
+
+class TensorBoard:
+    """Writes the run's figures as TensorBoard event files in DIR/tensorboard, beside
+    metrics.jsonl: train/loss, train/lr and train/tokens_per_s every report, valid/<figure> every
+    evaluation, by step. A resumed run drops what its last attempt logged after the checkpoint it
+    resumes from, as metrics.jsonl does. Needs the tensorboard package (rnnkit[tensorboard])."""
+
+    def __init__(self, directory: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise RnnkitError("--tensorboard needs the tensorboard package: pip install 'rnnkit[tensorboard]'") from None
+        self.writer_class, self.path, self.writer = SummaryWriter, Path(directory) / "tensorboard", None
+
+    def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event == "start":
+            # purge_step: events at or after the step a resumed run starts from are made again
+            self.writer = self.writer_class(str(self.path), purge_step=info["step"] or None)
+        elif self.writer is None:
+            return
+        elif event == "step":
+            for name in ("loss", "lr", "tokens_per_s"):
+                self.writer.add_scalar(f"train/{name}", info[name], info["step"])
+        elif event == "eval":
+            for name, value in info.items():
+                if name.startswith("valid_"):
+                    self.writer.add_scalar(f"valid/{name[6:]}", value, info["step"])
+            self.writer.flush()
+        elif event == "end":
+            self.writer.close()
+            self.writer = None
 
 
 class ProgressBar:
