@@ -11,12 +11,18 @@ The trainer is timed between its own "step" reports, so its setup, final evaluat
 are not counted. Peak memory: CUDA's allocator peak over the timed steps, or on a CPU the peak
 resident set of a fresh process that runs the loop once.
 
+Processes (`--parts processes`): `rnnkit.train` launched by torchrun on 1 and on 2 processes
+(`--processes 1,2`) with the same global batch, gloo on a CPU and NCCL on GPUs, in interleaved
+rounds; tokens/s of the whole job between rank 0's step reports. torchrun gives each of several
+processes one thread (OMP_NUM_THREADS=1) and a single process all of them, as a user gets them.
+
 Inference (on the CPU, each model in a fresh process): `predict_next` latency (median and p95 over
 200 calls, a 20-word prompt, warm model) and `sample` tokens/s (200 tokens, temperature 1 and
 greedy), random weights.
 
     python benchmarks/throughput.py [--quick] [--device cpu|cuda|auto] [--cells lstm,gru,rnn]
-        [--shapes small,medium,char] [--parts train,inference] [--json] [--markdown docs/benchmarks.md]
+        [--shapes small,medium,char] [--parts train,inference,processes] [--processes 1,2] [--json]
+        [--markdown docs/benchmarks.md]
 
 No data set is needed (the ids are random). `--device cuda` without a GPU prints why and exits 0.
 """
@@ -166,9 +172,10 @@ def make_corpus(directory: Path, case: Case, steps: int, tokenizer: WordTokenize
     return Corpus(tokenizer=tokenizer, directory=directory, **splits)
 
 
-def run_rnnkit(case: Case, corpus: Corpus, directory: Path, steps: int, span: Span) -> None:
+def run_rnnkit(case: Case, corpus: Corpus, directory: Path, steps: int, span: Span, timed: bool = True) -> None:
     """`rnnkit.train` over WARMUP + steps windows, timed from its report after step WARMUP to its
-    report after the last step (both come before that step's optimizer update)."""
+    report after the last step (both come before that step's optimizer update). Not `timed`: a
+    process of a job other than rank 0, which gets no reports."""
     B, T = case.shape.batch, case.shape.bptt
 
     def on_event(event: str, info: dict[str, Any]) -> None:
@@ -185,7 +192,7 @@ def run_rnnkit(case: Case, corpus: Corpus, directory: Path, steps: int, span: Sp
         checkpoint_every=None, seed=SEED, device=case.device, bf16=case.bf16,
     )
     summary = train(directory, corpus, model_config, config, callback=on_event)
-    if summary["steps"] != WARMUP + steps or span.seconds is None:
+    if summary["steps"] != WARMUP + steps or (timed and span.seconds is None):
         raise RuntimeError(f"the trainer ran {summary['steps']} steps, expected {WARMUP + steps}")
 
 
@@ -261,6 +268,8 @@ def in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec["job"] == "processes":
+        return _process_round(spec)
     if spec["job"] == "memory":
         case = spec["case"]
         return measure_memory(spec["loop"], Case(**{**case, "shape": Shape(**case["shape"])}), spec["steps"])
@@ -311,6 +320,51 @@ def bench_training(case: Case, rounds: int, steps: int, memory_steps: int) -> di
         result[f"{loop}_seconds"] = values
         result[f"{loop}_memory"] = memory[loop]
     result["rnnkit_over_plain"] = result["rnnkit_tokens_per_s"] / result["plain_tokens_per_s"]
+    return result
+
+
+# ---------------------------------------------------------------- several processes
+
+
+def _process_round(spec: dict[str, Any]) -> dict[str, Any]:
+    """One process of a torchrun job (or one alone): `run_rnnkit` on the corpus the parent wrote."""
+    case = Case(**{**spec["case"], "shape": Shape(**spec["case"]["shape"])})
+    directory = Path(spec["corpus"])
+    splits = {name: np.memmap(directory / f"{name}.bin", dtype="<u2", mode="r") for name in ("train", "valid", "test")}
+    corpus = Corpus(tokenizer=_tokenizer(case.shape.vocab), directory=directory, **splits)
+    span = Span(case.device)
+    run_rnnkit(case, corpus, Path(spec["model"]), spec["steps"], span, timed=os.environ.get("RANK", "0") == "0")
+    return {"seconds": span.seconds, "threads": torch.get_num_threads()}
+
+
+def bench_processes(case: Case, counts: list[int], rounds: int, steps: int) -> dict[str, Any]:
+    tokenizer = _tokenizer(case.shape.vocab)
+    seconds: dict[int, list[float]] = {n: [] for n in counts}
+    threads: dict[int, int] = {}
+    with tempfile.TemporaryDirectory(prefix="rnnkit-processes-") as tmp:
+        make_corpus(Path(tmp), case, WARMUP + steps, tokenizer)
+        for r in range(rounds):
+            for n in counts if r % 2 == 0 else counts[::-1]:
+                spec = {"job": "processes", "case": asdict(case), "corpus": tmp, "model": f"{tmp}/model-{r}-{n}",
+                        "steps": steps}
+                done = subprocess.run(
+                    [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
+                     __file__, "--_child", json.dumps(spec)], capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise RuntimeError(f"the run on {n} processes failed:\n{done.stderr[-3000:]}")
+                said = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+                out = next(o for o in said if o["seconds"] is not None)  # rank 0's: the others are not timed
+                seconds[n].append(out["seconds"])
+                threads[n] = out["threads"]
+    tokens = steps * case.tokens_per_step
+    result: dict[str, Any] = {"cell": case.cell, "shape": case.name, **asdict(case.shape), "device": case.device,
+                              "rounds": rounds, "steps": steps, "processes": {}}
+    for n in counts:
+        result["processes"][str(n)] = {"tokens_per_s": tokens / statistics.median(seconds[n]), "seconds": seconds[n],
+                                       "threads_per_process": threads[n]}
+    base = result["processes"][str(counts[0])]["tokens_per_s"]
+    for n in counts:
+        result["processes"][str(n)]["speedup"] = result["processes"][str(n)]["tokens_per_s"] / base
     return result
 
 
@@ -395,6 +449,12 @@ def _line_training(r: dict[str, Any]) -> str:
     )
 
 
+def _line_processes(r: dict[str, Any]) -> str:
+    figures = "  ".join(f"{n} proc x {p['threads_per_process']} thr {p['tokens_per_s']:8.0f} tok/s ({p['speedup']:.2f}x)"
+                        for n, p in r["processes"].items())
+    return f"{r['device']:4} {r['cell']:5} {r['shape']:10} B={r['batch']:<3} T={r['bptt']:<3} {figures}"
+
+
 def _line_inference(r: dict[str, Any]) -> str:
     return (
         f"cpu  {r['cell']:5} {r['model']:6} predict median {r['predict_median_ms']:6.2f} ms"
@@ -456,6 +516,29 @@ def markdown_section(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_processes(report: dict[str, Any]) -> str:
+    m, device = report["machine"], report["settings"]["device"]
+    where = f"{m['gpu']} (host: {m['cpu']})" if device == "cuda" else f"{m['cpu']}, {m['cpu_count']} cores"
+    lines = [f"## Training on several processes: {'GPU' if device == 'cuda' else 'CPU'}", "",
+             f"`python benchmarks/throughput.py {report['settings']['command']}`, measured {m['date']} on {where}; "
+             f"PyTorch {m['torch']}; random token ids."]
+    about = (
+        "`rnnkit.train` under `torchrun --standalone --nproc-per-node N` with the "
+        "same global batch (each process reads B / N streams), tokens/s of the whole job, median of interleaved "
+        "rounds; speed-up against the first count."
+    )
+    counts = list(report["processes"][0]["processes"])
+    header = "| cell | shape | B | T | E, H x L | " + " | ".join(
+        f"{n} process{'es' if n != '1' else ''} (tok/s, speed-up)" for n in counts) + " |"
+    lines += ["", about, "", header, "|---|---|---|---|---|" + "---|" * len(counts)]
+    for r in report["processes"]:
+        cells = " | ".join(f"{p['tokens_per_s']:.0f} ({p['speedup']:.2f}x; {p['threads_per_process']} thread"
+                           f"{'s' if p['threads_per_process'] != 1 else ''} each)" for p in r["processes"].values())
+        lines.append(f"| {r['cell']} | {r['shape']} | {r['batch']} | {r['bptt']} | {r['embedding'] or r['hidden']}, "
+                     f"{r['hidden']} x {r['layers']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_markdown(path: Path, key: str, section: str) -> None:
     """Put `section` between this script's markers in `path`, leaving the rest of the file (other
     benchmarks' sections) as it is; the file is replaced atomically."""
@@ -480,7 +563,8 @@ def main() -> None:
     parser.add_argument("--cells", default="lstm", help="comma-separated: lstm, gru, rnn (default lstm)")
     parser.add_argument("--shapes", default="small,medium,char",
                         help="comma-separated: small, medium, char (on a GPU also B=128)")
-    parser.add_argument("--parts", default="train,inference", help="comma-separated: train, inference")
+    parser.add_argument("--parts", default="train,inference", help="comma-separated: train, inference, processes")
+    parser.add_argument("--processes", default="1,2", help="processes: the process counts to compare (default 1,2)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case (default 5, 2 with --quick)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: about --seconds)")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of a timed span when --steps is not given")
@@ -497,7 +581,10 @@ def main() -> None:
     parts = {p.strip() for p in args.parts.split(",")}
     shapes = QUICK_SHAPES if args.quick else {name.strip(): SHAPES.get(name.strip()) for name in args.shapes.split(",")}
     bad = [c for c in cells if c not in CELL_NAMES] + [s for s, v in shapes.items() if v is None]
-    bad += sorted(parts - {"train", "inference"})
+    bad += sorted(parts - {"train", "inference", "processes"})
+    counts = [int(n) for n in args.processes.split(",") if n.strip().isdigit() and int(n) > 0]
+    if len(counts) != len(args.processes.split(",")):
+        bad.append(f"--processes {args.processes}")
     if bad or args.steps is not None and args.steps < 1 or args.rounds is not None and args.rounds < 1:
         parser.error(f"unknown or bad values: {', '.join(bad) or '--steps / --rounds must be positive'}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -524,6 +611,14 @@ def main() -> None:
                     steps = args.steps or (WARMUP if args.quick else _steps_for(case, args.seconds))
                     training.append(bench_training(case, rounds, steps, memory_steps=WARMUP))
                     say(_line_training(training[-1]))
+    processes = []
+    if "processes" in parts:
+        for cell in cells:
+            for name, shape in shapes.items():
+                case = Case(CELL_NAMES[cell], name, shape, device, not args.fp32)
+                steps = args.steps or (WARMUP if args.quick else _steps_for(case, args.seconds))
+                processes.append(bench_processes(case, counts, rounds, steps))
+                say(_line_processes(processes[-1]))
     inference = []
     if "inference" in parts:
         calls, length, repeats = (20, 20, 2) if args.quick else (200, 200, 5)
@@ -539,12 +634,16 @@ def main() -> None:
         "machine": machine,
         "settings": {"device": device, "command": command, "quick": args.quick, "rounds": rounds},
         "training": training,
+        "processes": processes,
         "inference": inference,
     }
     if args.json:
         print(json.dumps(report, indent=2))
     if args.markdown is not None:
-        write_markdown(args.markdown, f"throughput:{device}", markdown_section(report))
+        if training or inference:
+            write_markdown(args.markdown, f"throughput:{device}", markdown_section(report))
+        if processes:
+            write_markdown(args.markdown, f"throughput-processes:{device}", markdown_processes(report))
         say(f"throughput.py: wrote the tables to {args.markdown}")
 
 
