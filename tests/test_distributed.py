@@ -185,6 +185,26 @@ def test_a_dead_worker_without_restarts_ends_the_job_with_a_message_and_a_loadab
     assert json.loads((tmp_path / "m/results.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds torchrun's workers in /proc")
+def test_sigterm_stops_the_job_where_its_processes_agree_and_saves_it(tmp_path, text):
+    """A scheduler's preemption notice (SIGTERM to every process) acts as Ctrl-C: they stop together
+    at their next report, save a checkpoint there and say how to go on."""
+    launcher = subprocess.Popen(torchrun("-m", "rnnkit", *LONG, "--data", str(text), "--out", "m"), cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "m/trainer_state/state.json"
+    while not state.exists():
+        assert launcher.poll() is None, launcher.communicate()[1]
+        time.sleep(0.02)
+    for rank in (0, 1):
+        os.kill(_worker(launcher, rank), signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=120)
+    said = rnnkit_lines(stderr)
+    assert len(said) == 1 and said[0].startswith("rnnkit: interrupted at step "), stderr
+    step = int(said[0].split("step ")[1].split(";")[0])
+    assert json.loads(state.read_text())["step"] == step  # saved where they stopped
+    assert not (tmp_path / "m/results.json").exists()
+
+
 def test_a_batch_the_processes_cannot_share_is_refused_before_training(tmp_path, text):
     done = run(torchrun("-m", "rnnkit", "train", "--data", str(text), *SMALL, "--batch-size", "7", "--out", "m"), tmp_path)
     assert done.returncode != 0

@@ -33,7 +33,7 @@ from torch import Tensor
 from ..errors import RnnkitError
 
 # what gloo and NCCL say when a process of the job is gone
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "timed out")
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "timed out")
 
 
 @dataclass(frozen=True)
