@@ -235,6 +235,34 @@ def test_tensorboard_events_hold_the_runs_figures(tmp_path):
     assert [e.step for e in events.Scalars("train/loss")] == list(range(5, 41, 5))
 
 
+def test_tensorboard_events_of_a_resumed_run_follow_its_checkpoint(tmp_path):
+    """A run that crashed after its checkpoint logged events the resumed run makes again: those go."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rnnkit.training import TensorBoard
+
+    config = TrainConfig(epochs=2, batch_size=8, optimizer="adamw", lr=0.05, schedule="none", eval_every=10,
+                         checkpoint_every=20, log_every=5, device="cpu")
+    crashed = TensorBoard(tmp_path / "m")
+
+    def crash(event, info):
+        crashed(event, info)
+        if event == "eval" and info["step"] == 30:
+            raise KeyboardInterrupt  # after the evaluation of step 30, before its checkpoint: 20 is the last
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), RegressionTask(steps=20, batch=8), config, tmp_path / "m", callbacks=[crash])
+    crashed.writer.close()
+    summary = fit(_model(), RegressionTask(steps=20, batch=8), config, tmp_path / "m", resume=True,
+                  callbacks=[TensorBoard(tmp_path / "m")])
+    events = EventAccumulator(str(tmp_path / "m/tensorboard"))
+    events.Reload()
+    valid = events.Scalars("valid/loss")
+    assert [e.step for e in valid] == [10, 20, 30, 40]  # 30 once: the resumed run's
+    assert valid[2].value == pytest.approx(summary["history"][2]["valid_loss"], rel=1e-6)
+
+
 def test_tensorboard_without_its_package_says_what_to_install(monkeypatch):
     import sys
 

@@ -69,8 +69,8 @@ class TensorBoard:
 
     def __call__(self, event: str, info: dict[str, Any]) -> None:
         if event == "start":
-            # purge_step: events at or after the step a resumed run starts from are made again
-            self.writer = self.writer_class(str(self.path), purge_step=info["step"] or None)
+            # purge_step: the events after the step a resumed run starts from are made again
+            self.writer = self.writer_class(str(self.path), purge_step=info["step"] + 1 if info["step"] else None)
         elif self.writer is None:
             return
         elif event == "step":

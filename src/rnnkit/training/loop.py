@@ -617,7 +617,7 @@ class _Run:
         # made here, after any restore: it starts by copying rank 0's weights to every process
         # no buffer takes part in training (the LM's start state is for prompts): none is sent every step
         quiet = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                 else {"broadcast_buffers": False})  # the name before PyTorch 2.11
+                 else {"broadcast_buffers": False})  # its older name
         self.ddp = DistributedDataParallel(
             _TaskLoss(self.model, self.task), device_ids=[self.device.index] if self.device.type == "cuda" else None, **quiet)
         try:
