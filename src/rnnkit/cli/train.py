@@ -172,6 +172,7 @@ def _train(args: argparse.Namespace, out: Path, corpus: Any, config: LMTrainConf
         for callback in callbacks:
             if isinstance(callback, ProgressBar):
                 callback.close()
+    distributed.leave(group)  # rank 0 then evaluates the test text alone
     if not main:
         return 130 if summary["stopped"] == "interrupted" else 0
     if summary["stopped"] == "interrupted":

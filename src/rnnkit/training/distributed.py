@@ -92,7 +92,16 @@ def setup(device: torch.device) -> tuple[Group | None, torch.device]:
     return group, (group.device if group is not None else device)
 
 
-def _leave() -> None:
+def leave(group: Group | None) -> None:
+    """Leave the job together, once every process is done with it: the processes wait for each
+    other before the group goes, so that none tears down its connections while another still
+    uses them (a process left alone to exit first was seen to abort in gloo's teardown)."""
+    if group is not None and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def _leave() -> None:  # at exit, after an error: no waiting for processes that may be gone
     if dist.is_initialized():
         dist.destroy_process_group()
 
