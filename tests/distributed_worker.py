@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from rnnkit import LMConfig, LMTrainConfig, RNNLanguageModel
 from rnnkit.apps.lm import LMTask
 from rnnkit.data import build_corpus
-from rnnkit.training import fit
+from rnnkit.training import distributed, fit
 
 
 def main() -> None:
@@ -52,6 +52,7 @@ def main() -> None:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.out / "weights.safetensors")
         (args.out / "summary.json").write_text(json.dumps({"losses": losses, "world_size": summary["world_size"],
                                                            "history": summary["history"]}))
+    distributed.leave(distributed.current())  # together, as a script under torchrun should
 
 
 if __name__ == "__main__":

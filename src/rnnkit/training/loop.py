@@ -357,7 +357,8 @@ def fit(
 
     In a job that torchrun launched, every process calls `fit` with the same arguments (a
     directory on a file system they share); rank 0 alone writes the directory and calls the
-    callbacks.
+    callbacks. A script ends the job with `rnnkit.training.distributed.leave(group)` on every
+    process (the group: `distributed.current()`), so that none exits while another still uses it.
 
     The summary holds "steps", "epochs_done", "best_valid" (loss), "stopped" ("done",
     "early_stop", "time_budget" or "interrupted"), "history" (every evaluation), "device" and
