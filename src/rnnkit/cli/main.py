@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except RnnkitError as error:
         group = distributed.current()
-        rank = f"[rank {group.rank}] " if group is not None and not group.main else ""
+        rank = "" if distributed.leads(group) else f"[rank {group.rank}] "
         print(f"rnnkit: error: {rank}{in_flag_words(error, args)}", file=sys.stderr)
         return 1
     except OSError as error:  # a folder that cannot be written, a disk that is full: say which file

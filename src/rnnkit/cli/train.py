@@ -101,7 +101,7 @@ def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], 
 def run(args: argparse.Namespace) -> int:
     model_fields, train_fields, data = _configs(args)
     group = _join(train_fields)
-    main = group is None or group.main
+    main = distributed.leads(group)
     out: Path = args.out
     if distributed.restart_count() and not args.resume:  # torchrun restarted the job: go on from its checkpoint
         args.resume = True
@@ -114,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
             if unknown:
                 raise RnnkitError(f"unknown data setting(s): {', '.join(sorted(unknown))}")
             if args.resume and (out / "config.json").exists():  # go on as saved; flags change what they name
-                train_fields = {**read_config(out).get("train", {}), **train_fields}
-                model_fields = {**read_config(out)["model"], **model_fields}
+                saved = read_config(out)
+                train_fields, model_fields = {**saved.get("train", {}), **train_fields}, {**saved["model"], **model_fields}
             config = LMTrainConfig.from_dict(train_fields)
             if main:
                 check_target(out, force=args.force)
@@ -162,7 +162,7 @@ def _corpus(args: argparse.Namespace, out: Path, data: dict[str, Any]) -> Any:
 
 def _train(args: argparse.Namespace, out: Path, corpus: Any, config: LMTrainConfig, model_config: LMConfig,
            group: distributed.Group | None) -> int:
-    main = group is None or group.main
+    main = distributed.leads(group)
     callbacks = [] if args.quiet or not main else [ProgressBar()]
     if args.tensorboard and main:
         callbacks.append(TensorBoard(out))

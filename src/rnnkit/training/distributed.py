@@ -49,6 +49,11 @@ class Group:
         return self.rank == 0
 
 
+def leads(group: Group | None) -> bool:
+    """Whether this process speaks for the job: it trains alone, or it is rank 0."""
+    return group is None or group.main
+
+
 class Follower(RnnkitError):
     """An error all the processes met: rank 0 says it, the others stop quietly with this."""
 
@@ -114,16 +119,12 @@ def lost_peer(error: BaseException) -> bool:
 
 def shared_error(group: Group | None, message: str) -> RnnkitError:
     """The error for a problem every process met: said by rank 0, quiet elsewhere."""
-    return Follower(message) if group is not None and not group.main else RnnkitError(message)
+    return RnnkitError(message) if leads(group) else Follower(message)
 
 
-def agree(group: Group | None, problem: str | None) -> None:
+def _agree(group: Group, problem: str | None) -> None:
     """Fail on every process where any met a problem (a message; None: none): rank 0 says the
     first one, naming the rank that met it."""
-    if group is None:
-        if problem is not None:
-            raise RnnkitError(problem)
-        return
     problems: list[str | None] = [None] * group.world_size
     dist.all_gather_object(problems, problem)
     for rank, found in enumerate(problems):
@@ -143,7 +144,7 @@ def together(group: Group | None) -> Iterator[None]:
     except RnnkitError as error:
         own = error
     try:
-        agree(group, None if own is None else str(own))
+        _agree(group, None if own is None else str(own))
     except RnnkitError:
         if group.main and own is not None:
             raise own from None  # as raised (a ParameterError keeps its parameter)

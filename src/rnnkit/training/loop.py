@@ -377,7 +377,7 @@ def fit(
         if not group.main:
             callbacks = ()
     directory = None if directory is None else Path(directory)
-    writes = directory is not None and (group is None or group.main)
+    writes = directory is not None and distributed.leads(group)
     saved_config = None
     with contextlib.ExitStack() as held:
         with distributed.together(group):
@@ -423,7 +423,7 @@ class _Run:
         self.model, self.task, self.config, self.device = model.to(device), task, config, device
         self.directory, self.assets, self.callbacks = directory, assets, callbacks
         self.group, self.world_size = group, 1 if group is None else group.world_size
-        self.writes = directory is not None and (group is None or group.main)  # only rank 0 writes
+        self.writes = directory is not None and distributed.leads(group)  # only rank 0 writes
         self.ddp: nn.Module | None = None  # DistributedDataParallel, made when training starts
         if group is not None:
             _own_stream(group)
@@ -480,11 +480,12 @@ class _Run:
             self._set_lr(lambda lr: config.learning_rate * factor, config.learning_rate)
             if self.scheduler is not None and not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.last_epoch = self.st.step if config.schedule == "cosine" else self.st.epoch
-        if self.group is None or not distributed.set_rng(self.group, saved.get("rng_by_rank", saved)):
+        by_rank = saved.get("rng_by_rank") if self.group is not None else None  # a job's: every process's
+        if by_rank is None or not distributed.set_rng(self.group, by_rank):
             torch.set_rng_state(saved["rng"])
             if self.device.type == "cuda" and "cuda_rng" in saved:
                 torch.cuda.set_rng_state(saved["cuda_rng"])
-            if self.group is not None:  # saved by a job of another size: fresh streams from where it stood
+            if self.group is not None:  # saved alone or by a job of another size: fresh streams from there
                 _own_stream(self.group)
         self.task.load_state_dict(saved.get("task", {}))
         carry = saved.get("carry", saved.get("hidden"))  # "hidden": rnnkit 0.1
@@ -536,7 +537,7 @@ class _Run:
     def evaluate(self) -> bool:
         """Evaluate, keep the best model, step the plateau schedule; True to stop early."""
         st, model = self.st, self.model
-        main = self.group is None or self.group.main
+        main = distributed.leads(self.group)
         with averaged_weights(model, self.optimizer), eval_mode(model):
             metrics = distributed.broadcast(self.group, self.task.evaluate(model) if main else None)  # rank 0's
             improved = math.isfinite(metrics["loss"]) and metrics["loss"] < st.best and _finite(model)
