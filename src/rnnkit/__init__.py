@@ -10,13 +10,14 @@ The layers, each importing only those above it in this list:
     data                    text files, tokenizers, memmap corpora, BPTT batches, downloads
     training                one loop for every task, callbacks, the model directory (by kind)
     decoding                sampling and beam search over a step protocol
-    apps                    lm/ (the language model) and the applications to come
+    apps                    lm/ (the language model), translate/ (encoder-decoder with attention)
     diagnostics, demos      gradient flow, memory tasks, attribution; the household world
     cli                     the `rnnkit` command
 """
 
 from ._version import __version__
 from .apps.lm import LMConfig, LMTrainConfig, RNNLanguageModel, beam_search, evaluate, predict_next, sample, train
+from .apps.translate import TranslateConfig, Translator
 from .data import build_corpus
 from .nn.cells import CELLS, Cell, ElmanCell, GRUCell, LSTMCell, make_cell, register_cell
 from .nn.recurrent import Recurrent, Trace
@@ -34,6 +35,8 @@ __all__ = [
     "Recurrent",
     "Trace",
     "TrainConfig",
+    "TranslateConfig",
+    "Translator",
     "__version__",
     "beam_search",
     "build_corpus",

@@ -109,6 +109,8 @@ class ProgressBar:
         elif event == "eval" and self.bar is not None:
             figure = (f"valid perplexity {info['valid_perplexity']:.2f}" if "valid_perplexity" in info
                       else f"valid loss {info['valid_loss']:.4f}")
+            if "valid_bleu" in info:
+                figure += f", BLEU {info['valid_bleu']:.1f}"
             self.bar.write(f"step {info['step']}: {figure}" + (" (best, saved)" if info["best"] else ""), file=sys.stderr)
         elif event == "end":
             self.close()

@@ -150,6 +150,10 @@ class Task(ABC):
         """The state at the start of every epoch (the language model's zero state)."""
         return None
 
+    def set_epoch(self, epoch: int) -> None:
+        """Called before each epoch's first batch is asked for (and on resuming, with the epoch the
+        run stopped in): a task that shuffles its batches every epoch orders them by it."""
+
     # the dimension of the carried state's tensors that runs over the batch: a job of W processes
     # cuts it into W shards (its checkpoints hold the whole state, gathered)
     carry_batch_dim: ClassVar[int] = 1
@@ -642,6 +646,7 @@ class _Run:
         signals = (signal.SIGINT,) if self.group is None else (signal.SIGINT, signal.SIGTERM)
         with _stop_on_signals(*signals) as interrupted:
             while st.epoch < config.epochs and stopped == "done":
+                self.task.set_epoch(st.epoch)
                 if self.carry is None:
                     self.carry = self.task.start_state(self.model)
                 self.optimizer.zero_grad(set_to_none=True)
