@@ -85,3 +85,21 @@ def test_ptb_quick_trains_the_recipe_on_a_slice():
     assert results["recipe"] == "ptb-cpu" and results["quick"]
     assert results["test_perplexity"] > 1 and results["tokens_per_s"] > 0
     assert results["config"]["model"]["tie_weights"]
+
+
+@pytest.mark.slow
+def test_translation_quick_reports_bleu_by_minute_and_both_decoders(tmp_path):
+    done = _run("translation.py", "--quick", "--corpus", "numbers", "--minutes", "0.1", "--out", str(tmp_path / "n"),
+                "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert 0 <= report["exact_beam1"] <= 1 and 0 <= report["exact_beam5"] <= 1
+    assert report["train_tokens_per_s"] > 0 and report["sentences_per_s_beam5"] > 0 and report["history"]
+    if not list(Path("/usr/share/locale/fr/LC_MESSAGES").glob("*.mo")):
+        pytest.skip("no French message catalogs on this machine")
+    done = _run("translation.py", "--quick", "--minutes", "0.1", "--out", str(tmp_path / "g"), "--json",
+                "--plot", str(tmp_path / "bleu.png"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert {"test_bleu_beam1", "test_bleu_beam5", "test_chrf_beam5", "signature"} <= report.keys()
+    assert (tmp_path / "bleu.png").read_bytes()[:4] == b"\x89PNG"

@@ -73,6 +73,32 @@ def test_an_end_token_finishes_hypotheses_ranked_by_normalised_score():
     assert all(eos not in h.tokens[:-1] for h in hyps)  # nothing goes on past its end
 
 
+class CountingModel:
+    """A StepModel whose state is the position: tokens 0 (the end), 1 and 2; before position 4 the end
+    is unlikely but not impossible, at position 4 it is near certain."""
+
+    def step(self, tokens, state):
+        position = state + 1
+        return self.at(position), position
+
+    def at(self, position):
+        early = torch.tensor([-3.0, 3.0, -3.0], dtype=torch.float64).log_softmax(-1)
+        late = torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64).log_softmax(-1)
+        return torch.stack([early if p < 4 else late for p in position.tolist()])
+
+    def reorder_state(self, state, index):
+        return state.index_select(0, index)
+
+
+def test_early_unlikely_ends_do_not_stop_the_search_before_the_likely_long_one():
+    model = CountingModel()
+    start = torch.zeros(1, dtype=torch.long)
+    for penalty in (0.0, 1.0):
+        best = decoding.beam_search(model, model.at(start), start, length=20, beam=2, eos_id=0, length_penalty=penalty)[0][0]
+        assert best.tokens == [1, 1, 1, 1, 0]
+        assert best.score == pytest.approx(4 * float(model.at(start)[0, 1]) + float(model.at(start + 4)[0, 0]))
+
+
 def test_a_beam_wider_than_every_continuation_holds_them_all_and_the_width_is_bounded():
     chain = MarkovChain(5)
     hyps = decoding.beam_search(chain, *chain.start([0]), length=2, beam=50)[0]

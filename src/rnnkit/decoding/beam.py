@@ -4,9 +4,13 @@
               -> those ending in eos (among the best K) are finished, the K best others go on
 
 Without an end token every hypothesis runs `length` steps and the likeliest wins, as a language
-model continuing a prompt wants. With one, a search stops once `beam` hypotheses have finished
-(or at `length`), and they are ranked by score / len ** length_penalty, so that longer
-translations are not punished for their length alone (Wu et al. 2016 use a similar penalty).
+model continuing a prompt wants. With one, finished hypotheses are ranked by
+score / len ** length_penalty, so that longer translations are not punished for their length
+alone (Wu et al. 2016 use a similar penalty), and the best `beam` of them are kept. A context's
+search ends (or all end at `length`) once it holds `beam` finished hypotheses and the best one
+still going, normalised at its length, ranks below all of them: stopping at the first `beam`
+finished instead lets early, unlikely ends fill the list before the likely, longer translation
+ends (an undertrained number translator wrote "zwei" for "zweihundertfünf" so).
 """
 
 from __future__ import annotations
@@ -54,11 +58,21 @@ def beam_search(
     scores = torch.zeros(N, 1, device=device, dtype=torch.float64)  # (N, k): k = 1, then K
     sequences = torch.zeros(N, 1, 0, dtype=torch.long, device=device)  # (N, k, t)
     finished: list[list[Hypothesis]] = [[] for _ in range(N)]
+    done = [False] * N  # no hypothesis still going can enter the context's best `beam`
+
+    def normalize(score: float, n_tokens: int) -> float:
+        return score / n_tokens ** length_penalty if length_penalty else score
 
     def finish(n: int, tokens: Tensor, score: float) -> None:
-        ids = tokens.tolist()
-        normalized = score / len(ids) ** length_penalty if length_penalty else score
-        finished[n].append(Hypothesis(ids, score, normalized))
+        """Keep the hypothesis if it is among the best `beam` finished so far."""
+        ids, kept = tokens.tolist(), finished[n]
+        hypothesis = Hypothesis(ids, score, normalize(score, len(ids)))
+        if len(kept) < beam:
+            kept.append(hypothesis)
+            return
+        worst = min(range(len(kept)), key=lambda i: kept[i].normalized)
+        if hypothesis.normalized > kept[worst].normalized:
+            kept[worst] = hypothesis
 
     for t in range(length):
         k = scores.shape[1]
@@ -74,19 +88,25 @@ def beam_search(
         else:
             ends = token == eos_id
             for n, c in ends[:, : min(beam, C)].nonzero().tolist():
-                if len(finished[n]) < beam:
+                if not done[n]:
                     finish(n, torch.cat([sequences[n, parent[n, c]], token[n, c, None]]), float(cand_scores[n, c]))
             alive = ~ends
             keep = (alive & (alive.cumsum(1) <= K)).float().argsort(dim=1, descending=True, stable=True)[:, :K]  # (N, K)
         parent, token, scores = parent.gather(1, keep), token.gather(1, keep), cand_scores.gather(1, keep)
         sequences = torch.cat([sequences[rows, parent], token[:, :, None]], dim=2)  # (N, K, t + 1)
-        if all(len(f) >= beam for f in finished) or t == length - 1 or K == 0:
+        if eos_id is not None:
+            # log-probabilities only fall: the best going on ends no higher than its score now (with a
+            # length penalty, normalised at its present length, the heuristic Hugging Face's search uses)
+            for n in range(N):
+                if not done[n] and len(finished[n]) >= beam and K > 0:
+                    done[n] = normalize(float(scores[n, 0]), t + 2) <= min(h.normalized for h in finished[n])
+        if all(done) or t == length - 1 or K == 0:
             break
         state = model.reorder_state(state, (parent + rows * k).flatten())
         log_probs, state = model.step(token.flatten(), state)  # (N K, V)
-    for n in range(N):
+    for n in range(N):  # at the length limit: the hypotheses still going compete with those that ended
         for j in range(scores.shape[1]):
-            if len(finished[n]) >= beam:
+            if done[n]:
                 break
             finish(n, sequences[n, j], float(scores[n, j]))
     return [sorted(f, key=lambda h: -h.normalized)[:beam] for f in finished]

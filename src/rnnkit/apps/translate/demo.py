@@ -8,6 +8,7 @@ references, scores the test split with BLEU and chrF, and draws one sentence's a
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,8 +53,6 @@ def run_demo(out: Path, lang: str = "fr", minutes: float = 4.0, retrain: bool = 
     if retrain or not (directory / "results.json").exists():
         resume = not retrain and (directory / "config.json").exists()
         if retrain and directory.exists():
-            import shutil
-
             shutil.rmtree(directory)
         if resume:
             say(f"continuing the training saved in {directory}")
