@@ -82,7 +82,7 @@ class CountingModel:
         return self.at(position), position
 
     def at(self, position):
-        early = torch.tensor([-3.0, 3.0, -3.0], dtype=torch.float64).log_softmax(-1)
+        early = torch.tensor([-1.0, 3.0, -3.0], dtype=torch.float64).log_softmax(-1)
         late = torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64).log_softmax(-1)
         return torch.stack([early if p < 4 else late for p in position.tolist()])
 
