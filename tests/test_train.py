@@ -18,7 +18,7 @@ from rnnkit.cli import main
 from rnnkit.apps.lm import LMConfig, LMTrainConfig, beam_search, predict_next, sample, train
 from rnnkit.data import build_corpus
 
-from helpers import ANIMALS, animal_corpus
+from helpers import ANIMALS, animal_corpus, kill_once_saved
 
 SMALL = ["--hidden", "48", "--layers", "1", "--batch-size", "8", "--bptt", "12", "--optimizer", "adamw", "--lr", "0.01", "--quiet"]
 
@@ -190,13 +190,7 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
     command = [sys.executable, "-m", "rnnkit", "train"]
     subprocess.run([*command, *common, "--out", str(tmp_path / "straight")], check=True, env=env, timeout=600)
     victim = subprocess.Popen([*command, *common, "--out", str(tmp_path / "killed")], env=env)
-    state = tmp_path / "killed" / "trainer_state" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["step"] >= 14):
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert json.loads(state.read_text())["step"] < 3 * 120  # killed part-way
+    assert kill_once_saved(victim, tmp_path / "killed", 14) < 3 * 120  # killed part-way
     subprocess.run([*command, *common, "--out", str(tmp_path / "killed"), "--resume"], check=True, env=env, timeout=600)
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model.safetensors")

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import kill_once_saved
 from safetensors.torch import load_file
 
 from rnnkit.apps.translate import (TranslateConfig, TranslateTrainConfig, Translator, attention_map,
@@ -391,15 +390,24 @@ def test_killed_and_resumed_translator_ends_with_the_same_weights(tmp_path):
               "--hidden", "16", "--embedding", "8", "--batch-size", "16", "--bleu-sentences", "5", "--quiet", "--seed", "4"]
     subprocess.run([*command, *common, "--out", str(tmp_path / "straight")], check=True, env=env, timeout=600)
     victim = subprocess.Popen([*command, *common, "--out", str(tmp_path / "killed")], env=env)
-    state = tmp_path / "killed" / "trainer_state" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (state.exists() and json.loads(state.read_text())["step"] >= 20):
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    steps = json.loads((tmp_path / "straight" / "results.json").read_text())["steps"]
-    assert json.loads(state.read_text())["step"] < steps  # killed part-way
+    left = kill_once_saved(victim, tmp_path / "killed", 20)
+    assert left < json.loads((tmp_path / "straight" / "results.json").read_text())["steps"]  # killed part-way
     subprocess.run([*command, *common, "--out", str(tmp_path / "killed"), "--resume"], check=True, env=env, timeout=600)
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_the_demo_falls_back_to_number_words_without_catalogs_and_reuses_its_model(tmp_path):
+    from rnnkit.apps.translate.demo import format_report, run_demo
+
+    said = []
+    report = run_demo(tmp_path / "demo", minutes=0.1, say=said.append, locale_dir=tmp_path / "no-locales")
+    assert report["corpus"] == "numbers-de" and "using number words" in said[0] and "apt-get install" in said[0]
+    assert len(report["samples"]) == 8 and report["test_bleu_beam5"] is not None
+    assert (tmp_path / "demo" / "attention.png").read_bytes()[:4] == b"\x89PNG"
+    assert "test BLEU" in format_report(report)
+    weights = (tmp_path / "demo" / "model" / "model.safetensors").read_bytes()
+    again = run_demo(tmp_path / "demo", minutes=0.1, say=said.append, locale_dir=tmp_path / "no-locales")
+    assert again["samples"] == report["samples"] and (tmp_path / "demo" / "model" / "model.safetensors").read_bytes() == weights

@@ -8,6 +8,7 @@ references, scores the test split with BLEU and chrF, and draws one sentence's a
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -17,23 +18,25 @@ from typing import Any
 from ...io import read_json, save_figure, write_json
 from ...training.callbacks import Callback
 from ...training.checkpoint import load_model
-from .data import MIN_GETTEXT_PAIRS, gettext_pairs, load_pairs, more_catalogs_hint, number_pairs, split_pairs, write_splits
+from .data import (LOCALE_DIR, MIN_GETTEXT_PAIRS, gettext_pairs, load_pairs, more_catalogs_hint, number_pairs,
+                   split_pairs, write_splits)
 from .model import TranslateConfig, Translator
 from .plots import plot_attention
 from .task import TranslateTrainConfig, attention_map, build_vocabularies, evaluate, finish_run, train, translate
 
 SAMPLES = 8  # test sentences shown beside their references
+PLAIN = re.compile(r"[A-Z][a-z]+(?: [a-z]+){2,7}\.?")  # "Could not open the file."
 
 
-def corpus(data: Path, lang: str, say: Callable[[str], None]) -> str:
+def corpus(data: Path, lang: str, say: Callable[[str], None], locale_dir: Path = LOCALE_DIR) -> str:
     """Write the demo's pairs to `data` (once); return what they are: "gettext-<lang>" or "numbers-de"."""
     about = data / "about.json"
     if about.exists():
         return read_json(about, "the demo corpus's about.json")["corpus"]
-    pairs, catalogs = gettext_pairs(lang)
+    pairs, catalogs = gettext_pairs(lang, locale_dir)
     if len(pairs) >= MIN_GETTEXT_PAIRS:
         name, splits = f"gettext-{lang}", split_pairs(pairs)
-        say(f"{len(pairs)} English -> {lang} pairs from {len(catalogs)} message catalogs in /usr/share/locale")
+        say(f"{len(pairs)} English -> {lang} pairs from {len(catalogs)} message catalogs in {locale_dir}")
     else:
         say(f"only {len(pairs)} English -> {lang} pairs in this machine's catalogs (at least {MIN_GETTEXT_PAIRS} "
             f"are needed; {more_catalogs_hint(lang)} brings more): using number words, English -> German, instead")
@@ -44,9 +47,9 @@ def corpus(data: Path, lang: str, say: Callable[[str], None]) -> str:
 
 
 def run_demo(out: Path, lang: str = "fr", minutes: float = 4.0, retrain: bool = False, callback: Callback | None = None,
-             say: Callable[[str], None] = print) -> dict[str, Any] | None:
+             say: Callable[[str], None] = print, locale_dir: Path = LOCALE_DIR) -> dict[str, Any] | None:
     """Run the demo into `out`; the report (also in OUT/demo.json), or None if training was interrupted."""
-    name = corpus(out / "data", lang, say)
+    name = corpus(out / "data", lang, say, locale_dir)
     splits = load_pairs(out / "data")
     directory = out / "model"
     callbacks = [] if callback is None else [callback]
@@ -78,9 +81,14 @@ def run_demo(out: Path, lang: str = "fr", minutes: float = 4.0, retrain: bool = 
     model, vocab = load_model(directory, kind=Translator.kind)
     test = splits["test"]
     greedy = evaluate(model, vocab, test, beam=1)
-    shown = sorted(test, key=lambda p: (abs(len(p[0].split()) - 5), p[0]))[:SAMPLES]  # short, readable ones
+    plain = [p for p in test if PLAIN.fullmatch(p[0])] or test  # sentences of plain words read best
+    shown = plain[:: max(1, len(plain) // SAMPLES)][:SAMPLES]
     samples = translate(model, vocab, [s for s, _ in shown], beam=5)
-    pick = max(samples, key=lambda t: (len(t.tokens) <= 12, len(t.encoded.ids)))
+    # the heat map of the sample that came closest to its reference (sentence chrF)
+    from sacrebleu.metrics import CHRF
+
+    chrf = CHRF()
+    pick = max(zip(samples, shown), key=lambda x: chrf.sentence_score(x[0].text, [x[1][1]]).score)[0]
     save_figure(out / "attention.png", plot_attention(attention_map(model, vocab, pick), vocab, pick), dpi=100)
     history = results.get("history", [])
     report = {
@@ -105,5 +113,6 @@ def format_report(report: dict[str, Any]) -> str:
         lines += [f"  {s['source']}", f"    -> {s['translation']}", f"    reference: {s['reference']}"]
     lines.append(f"test BLEU {report['test_bleu_beam5']:.1f} with beam 5, {report['test_bleu_greedy']:.1f} greedy; "
                  f"chrF {report['test_chrf_beam5']:.1f} / {report['test_chrf_greedy']:.1f}  ({report['signature']})")
-    lines.append(f"attention of {report['attention_of']!r}: {report['attention_png']}")
+    lines.append(f"attention of {report['attention_of']!r} (the sample closest to its reference): "
+                 f"{report['attention_png']}")
     return "\n".join(lines)
