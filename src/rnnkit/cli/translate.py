@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..apps.translate import (TranslateConfig, TranslateTrainConfig, Translator, Vocabularies, attention_map,
-                              build_vocabularies, evaluate, finish_run, gettext_corpus, load_pairs, number_corpus,
-                              read_tsv, train, translate)
+from ..apps.translate import (SOURCE, TARGET, TranslateConfig, TranslateTrainConfig, Translator, Vocabularies,
+                              attention_map, build_vocabularies, evaluate, finish_run, gettext_corpus, load_pairs,
+                              number_corpus, read_tsv, train, translate)
 from ..apps.translate.data import GETTEXT_LANGUAGES, MIN_GETTEXT_PAIRS, more_catalogs_hint, write_splits
 from ..apps.translate.plots import plot_attention
 from ..data import KINDS, load_tokenizer
@@ -88,7 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--eval-every", type=int, help="also evaluate every N steps (default: every epoch)")
     t.add_argument("--checkpoint-every", type=int, help="save the trainer state every N steps (default 200)")
     t.add_argument("--early-stop", type=int, help="stop after N evaluations without improvement")
-    t.add_argument("--bleu-sentences", type=int, help="validation pairs translated for BLEU at each evaluation (default 400)")
+    t.add_argument("--bleu-sentences", type=int,
+                   help="validation pairs translated for BLEU at each evaluation (default 400)")
     t.add_argument("--beam", type=int, default=5, help="beam width for the test split's BLEU at the end (default 5)")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     t.add_argument("--force", action="store_true", help="write into --out even if it holds files that are not a model")
@@ -132,7 +133,7 @@ def run_data(args: argparse.Namespace) -> int:
               f"valid {counts['valid']}, test {counts['test']}, in {args.out}")
         if total < MIN_GETTEXT_PAIRS:
             print(f"rnnkit: note: few pairs for translation; more Debian packages bring more catalogs: "
-                  f"{more_catalogs_hint(lang)}", file=sys.stderr)
+                  f"{more_catalogs_hint()}", file=sys.stderr)
     else:
         if args.count < 20:
             raise RnnkitError(f"--count must be at least 20, got {args.count}")
@@ -167,7 +168,7 @@ def run_train(args: argparse.Namespace) -> int:
                 raise RnnkitError(f"{out} holds a {saved['kind']!r} model, not a translator")
             model_fields, train_fields = {**saved["model"], **model_fields}, {**saved.get("train", {}), **train_fields}
             splits = load_pairs(args.data, args.target) if args.data is not None else load_pairs(out / "data")
-            vocab = Vocabularies(load_tokenizer(out / "source_tokenizer.json"), load_tokenizer(out / "target_tokenizer.json"))
+            vocab = Vocabularies(load_tokenizer(out / SOURCE), load_tokenizer(out / TARGET))
         else:
             if args.data is None:
                 raise RnnkitError("--data is needed: a folder with train.tsv, a TSV file, or a source file with --target "

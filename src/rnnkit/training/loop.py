@@ -2,7 +2,7 @@
 
 A task (`Task`) gives its batches, the loss of a batch and its evaluation; the loop owns the rest:
 
-    for epoch:                                  state <- task.start_state(model)
+    for epoch:                                  task.set_epoch(epoch); state <- task.start_state(model)
         for batch i (from where a resumed run stopped):
             loss, state <- task.loss(model, batch_i, state)      state detached between batches
             backward (/ accumulate)  -> clip -> optimizer step -> schedule

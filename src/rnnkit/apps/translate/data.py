@@ -32,8 +32,8 @@ LOCALE_DIR = Path("/usr/share/locale")
 GETTEXT_LANGUAGES = ("fr", "de", "es")
 MIN_GETTEXT_PAIRS = 5000  # fewer: too little to learn a language from (the demo falls back to numbers)
 # Debian packages whose catalogs add many translated messages (`apt-get install` them for more pairs)
-MORE_CATALOGS = ("gimp", "inkscape", "libreoffice-l10n-{lang}", "gnome-control-center", "evolution", "vim",
-                 "util-linux-locales", "gcc-12-locales", "tar", "wget")
+MORE_CATALOGS = ("gimp", "inkscape", "gnome-control-center", "evolution", "vim", "util-linux-locales", "gcc-12-locales",
+                 "tar", "wget")
 
 
 # --------------------------------------------------------------------- reading parallel text
@@ -234,8 +234,9 @@ def gettext_pairs(lang: str, locale_dir: Path = LOCALE_DIR, min_words: int = 2, 
     return pairs, catalogs
 
 
-def more_catalogs_hint(lang: str) -> str:
-    return "apt-get install " + " ".join(p.format(lang=lang) for p in MORE_CATALOGS)
+def more_catalogs_hint() -> str:
+    """Debian packages whose catalogs (in every language they are translated to) add pairs."""
+    return "apt-get install " + " ".join(MORE_CATALOGS)
 
 
 def gettext_corpus(lang: str, out: str | Path, locale_dir: Path = LOCALE_DIR) -> dict[str, int]:
@@ -245,8 +246,9 @@ def gettext_corpus(lang: str, out: str | Path, locale_dir: Path = LOCALE_DIR) ->
         raise RnnkitError(f"unknown language {lang!r} for the gettext corpus: expected {', '.join(GETTEXT_LANGUAGES)}")
     pairs, catalogs = gettext_pairs(lang, Path(locale_dir))
     if not pairs:
-        raise RnnkitError(f"no {lang} message catalogs with usable translations in {Path(locale_dir) / lang / 'LC_MESSAGES'}; "
-                          f"Debian packages bring them, e.g. {more_catalogs_hint(lang)}")
+        raise RnnkitError(f"no {lang} message catalogs with usable translations in "
+                          f"{Path(locale_dir) / lang / 'LC_MESSAGES'}; Debian packages bring them, e.g. "
+                          f"{more_catalogs_hint()}")
     splits = split_pairs(pairs)
     write_splits(Path(out), splits)
     return {"catalogs": len(catalogs), **{name: len(p) for name, p in splits.items()}}

@@ -39,7 +39,7 @@ def corpus(data: Path, lang: str, say: Callable[[str], None], locale_dir: Path =
         say(f"{len(pairs)} English -> {lang} pairs from {len(catalogs)} message catalogs in {locale_dir}")
     else:
         say(f"only {len(pairs)} English -> {lang} pairs in this machine's catalogs (at least {MIN_GETTEXT_PAIRS} "
-            f"are needed; {more_catalogs_hint(lang)} brings more): using number words, English -> German, instead")
+            f"are needed; {more_catalogs_hint()} brings more): using number words, English -> German, instead")
         name, splits = "numbers-de", split_pairs(number_pairs(3000, "de"), valid=5, test=10)
     write_splits(data, splits)
     write_json(about, {"corpus": name})
