@@ -10,7 +10,7 @@ captioner's image) into the first log-probabilities (N, V) and state; from there
 samples or searches, whatever the model.
 """
 
-from .beam import Hypothesis, beam_search
+from .beam import Hypothesis, beam_search, best_sequences
 from .sampling import StepModel, filter_logits, sample
 
-__all__ = ["Hypothesis", "StepModel", "beam_search", "filter_logits", "sample"]
+__all__ = ["Hypothesis", "StepModel", "beam_search", "best_sequences", "filter_logits", "sample"]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..configs import check_positive_integer
 from ..errors import ParameterError
-from .sampling import StepModel
+from .sampling import StepModel, sample
 
 MAX_BEAM = 1024  # the widest beam: memory and time grow with it (beam x V scores a step)
 
@@ -110,3 +110,18 @@ def beam_search(
                 break
             finish(n, sequences[n, j], float(scores[n, j]))
     return [sorted(f, key=lambda h: -h.normalized)[:beam] for f in finished]
+
+
+@torch.no_grad()
+def best_sequences(model: StepModel, log_probs: Tensor, state: object, length: int, beam: int, eos_id: int,
+                   length_penalty: float = 1.0) -> list[tuple[list[int], float | None]]:
+    """The best sequence for each of N contexts, without its end token: greedy decoding for beam
+    1 (score None), else the best of `beam_search`'s hypotheses, with its score. What a model that
+    writes one answer per context (a translation, a caption) decodes with."""
+    if beam == 1:
+        steps = torch.stack(list(sample(model, log_probs, state, length, temperature=0, eos_id=eos_id)), 1).cpu()
+        found: list[tuple[list[int], float | None]] = [(row.tolist(), None) for row in steps]
+    else:
+        found = [(f[0].tokens, f[0].score) for f in beam_search(model, log_probs, state, length, beam, eos_id,
+                                                                 length_penalty)]
+    return [(tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens, score) for tokens, score in found]

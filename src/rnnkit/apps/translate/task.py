@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ...configs import FieldChecks
 from ...data import Tokenizer, train_tokenizer_from_text
-from ...decoding import beam_search, sample
+from ...decoding import best_sequences
 from ...errors import RnnkitError
 from ...io import write_json
 from ...training.callbacks import Callback
@@ -201,14 +201,8 @@ def translate(model: Translator, vocab: Vocabularies, sentences: Sequence[str], 
         batch = collate(ids, [[]] * len(ids), vocab.eos)
         log_probs, state = model.start(batch.source.to(device), batch.source_lengths.to(device), vocab.eos)
         limit = 2 * max(map(len, ids)) + 10  # a translation rarely runs past twice its source
-        if beam == 1:
-            steps = torch.stack(list(sample(model, log_probs, state, limit, temperature=0, eos_id=vocab.eos)), 1)
-            outputs = [(row.tolist(), None) for row in steps.cpu()]
-        else:
-            found = beam_search(model, log_probs, state, limit, beam, eos_id=vocab.eos, length_penalty=length_penalty)
-            outputs = [(f[0].tokens, f[0].score) for f in found]
-        for i, (tokens, score) in zip(group, outputs):
-            tokens = tokens[: tokens.index(vocab.eos)] if vocab.eos in tokens else tokens
+        found = best_sequences(model, log_probs, state, limit, beam, vocab.eos, length_penalty)
+        for i, (tokens, score) in zip(group, found):
             results[i] = Translation(sentences[i], vocab.target.decode(tokens).strip(), tokens, score, encoded[i])
     return results  # type: ignore[return-value]
 
