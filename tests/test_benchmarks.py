@@ -103,3 +103,12 @@ def test_translation_quick_reports_bleu_by_minute_and_both_decoders(tmp_path):
     report = json.loads(done.stdout)
     assert {"test_bleu_beam1", "test_bleu_beam5", "test_chrf_beam5", "signature"} <= report.keys()
     assert (tmp_path / "bleu.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_captioning_quick_reports_bleu_exact_and_where_attention_lands(tmp_path):
+    done = _run("captioning.py", "--quick", "--minutes", "0.05", "--out", str(tmp_path / "c"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert {"test_bleu4_beam1", "test_bleu4_beam3", "test_exact_beam3", "images_per_s_beam3"} <= report.keys()
+    assert 0 <= report["attention"]["share_inside"] <= 1 and report["attention"]["words"] > 0

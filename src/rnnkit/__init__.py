@@ -10,13 +10,15 @@ The layers, each importing only those above it in this list:
     data                    text files, tokenizers, memmap corpora, BPTT batches, downloads
     training                one loop for every task, callbacks, the model directory (by kind)
     decoding                sampling and beam search over a step protocol
-    apps                    lm/ (the language model), translate/ (encoder-decoder with attention)
+    apps                    lm/ (the language model), translate/ (encoder-decoder with attention),
+                            caption/ (CNN encoder, LSTM decoder with visual attention)
     diagnostics, demos      gradient flow, memory tasks, attribution; the household world
     cli                     the `rnnkit` command
 """
 
 from ._version import __version__
 from .apps.lm import LMConfig, LMTrainConfig, RNNLanguageModel, beam_search, evaluate, predict_next, sample, train
+from .apps.caption import CaptionConfig, Captioner
 from .apps.translate import TranslateConfig, Translator
 from .data import build_corpus
 from .nn.cells import CELLS, Cell, ElmanCell, GRUCell, LSTMCell, make_cell, register_cell
@@ -25,6 +27,8 @@ from .training import TrainConfig, fit, load_model
 
 __all__ = [
     "CELLS",
+    "CaptionConfig",
+    "Captioner",
     "Cell",
     "ElmanCell",
     "GRUCell",
