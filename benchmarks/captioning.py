@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from rnnkit.apps.caption import (CaptionConfig, CaptionTrainConfig, build_vocabulary, digits_corpus, evaluate,
                                  load_splits, scenes_corpus, train)

@@ -269,3 +269,17 @@ def test_killed_and_resumed_captioner_ends_with_the_same_weights(tmp_path):
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_the_demo_captions_test_scenes_with_overlays_and_reuses_its_model(tmp_path):
+    from rnnkit.apps.caption.demo import format_report, run_demo
+
+    said = []
+    report = run_demo(tmp_path / "demo", minutes=0.05, say=said.append, images=200)
+    assert "generated 200 training scenes" in said[0] and len(report["samples"]) == 4
+    assert all(Path(s["overlay"]).read_bytes()[:4] == b"\x89PNG" for s in report["samples"])
+    assert "test BLEU-4" in format_report(report) and report["attention"]["words"] >= 0
+    weights = (tmp_path / "demo" / "model" / "model.safetensors").read_bytes()
+    again = run_demo(tmp_path / "demo", minutes=0.05, say=said.append, images=200)
+    assert again["samples"] == report["samples"] and (tmp_path / "demo" / "model" / "model.safetensors").read_bytes() == weights

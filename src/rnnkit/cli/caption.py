@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -26,9 +25,8 @@ from ..data import load_tokenizer
 from ..errors import RnnkitError
 from ..io import save_figure
 from ..nn.attention import SCORES
-from ..training import ProgressBar, load_model, read_config, resolve_device
-from ..training.checkpoint import check_target, lock_directory, remove_orphans
-from .common import output_dir
+from ..training import ProgressBar, load_model, resolve_device
+from .common import config_fields, output_dir, train_with_progress, training_into
 
 FLAGS = {
     "hidden": ("model", "hidden_size"), "embedding": ("model", "embedding_size"), "features": ("model", "feature_size"),
@@ -101,7 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     m = commands.add_parser("demo", help="generate scenes, train a few minutes, caption test scenes with attention")
     m.add_argument("--out", type=Path, default=Path("runs/caption-demo"), help="default: %(default)s")
-    m.add_argument("--minutes", type=float, default=4.0, help="training time (default %(default)s)")
+    m.add_argument("--minutes", type=float, default=6.0, help="training time (default %(default)s)")
     m.add_argument("--retrain", action="store_true", help="train again instead of using the model in --out")
     m.set_defaults(run=run_demo)
     p.set_defaults(run=lambda args: p.print_help() or 2)
@@ -132,48 +130,26 @@ def _size(text: str | None, first_image: Path) -> tuple[int, int]:
 
 def run_train(args: argparse.Namespace) -> int:
     out: Path = args.out
-    sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-    for flag, (section, field) in FLAGS.items():
-        if getattr(args, flag) is not None:
-            sections[section][field] = getattr(args, flag)
-    check_target(out, force=args.force)
-    with lock_directory(out):
-        remove_orphans(out)
-        if args.resume and not (out / "config.json").exists():
-            print(f"rnnkit: note: {out} holds no model yet; starting afresh", file=sys.stderr)
-            args.resume = False
-        elif not args.resume and (out / "config.json").exists():
-            raise RnnkitError(f"{out} already holds a model: use --resume to continue it, or another --out")
-        if args.resume:
-            saved = read_config(out)
-            if saved["kind"] != Captioner.kind:
-                raise RnnkitError(f"{out} holds a {saved['kind']!r} model, not a captioner")
-            if args.data is None:
-                raise RnnkitError("--resume needs --data: the folder the run trained on")
-            splits = load_splits(args.data)
+    fields = config_fields(args, FLAGS)
+    with training_into(args, Captioner.kind, "a captioner") as saved:
+        if args.data is None:
+            raise RnnkitError("--data is needed (`rnnkit caption data scenes --out DIR` builds one)" if saved is None
+                              else "--resume needs --data: the folder the run trained on")
+        splits = load_splits(args.data)
+        if saved is not None:
             tokenizer = load_tokenizer(out / TOKENIZER)
-            model_fields = {**saved["model"], **sections["model"]}
-            train_fields = {**saved.get("train", {}), **sections["train"]}
+            fields = {"model": {**saved["model"], **fields["model"]}, "train": {**saved.get("train", {}), **fields["train"]}}
         else:
-            if args.data is None:
-                raise RnnkitError("--data is needed (`rnnkit caption data scenes --out DIR` builds one)")
-            splits = load_splits(args.data)
             if not splits["train"] or not splits["valid"]:
                 raise RnnkitError(f"{args.data} leaves no training images or no validation images after the split")
             tokenizer = build_vocabulary(splits["train"])
             h, w = _size(args.size, splits["train"][0].image)
-            model_fields = {**sections["model"], "vocab_size": tokenizer.vocab_size, "image_height": h, "image_width": w}
-            train_fields = sections["train"]
-        config = CaptionTrainConfig.from_dict(train_fields)
-        model_config = CaptionConfig.from_dict(model_fields)
-        progress = [] if args.quiet else [ProgressBar()]
-        try:
-            summary = train(out, splits, tokenizer, model_config, config, resume=args.resume, callbacks=progress)
-        finally:
-            for p in progress:
-                p.close()
-        if summary["stopped"] == "interrupted":
-            print(f"rnnkit: interrupted at step {summary['steps']}; saved in {out}, continue with --resume", file=sys.stderr)
+            fields["model"] = {**fields["model"], "vocab_size": tokenizer.vocab_size, "image_height": h, "image_width": w}
+        config = CaptionTrainConfig.from_dict(fields["train"])
+        model_config = CaptionConfig.from_dict(fields["model"])
+        summary = train_with_progress(args, lambda callbacks: train(out, splits, tokenizer, model_config, config,
+                                                                    resume=args.resume, callbacks=callbacks))
+        if summary is None:
             return 130
         results = finish_run(out, splits, summary, args.beam)
     test = (f", test BLEU-4 {results['test_bleu4']:.1f}, exact {results['test_exact']:.1f}% (beam {args.beam})"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import contextlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import RnnkitError
 from ..nn.cells import CELLS
+from ..training import ProgressBar, read_config
+from ..training.checkpoint import check_target, lock_directory, remove_orphans
 
 
 def name_list(text: str, allowed: Sequence[str] | None = None, flag: str = "--cells", what: str = "cell") -> list[str]:
@@ -56,3 +60,49 @@ def output_dir(path: str | Path) -> Path:
     except OSError as error:
         raise RnnkitError(f"cannot create --out {str(path)!r}: {error.strerror}") from None
     return out
+
+
+def config_fields(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """The "model" and "train" config fields that flags (flag -> (section, field)) set."""
+    sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
+    for flag, (section, field) in flags.items():
+        if getattr(args, flag) is not None:
+            sections[section][field] = getattr(args, flag)
+    return sections
+
+
+@contextlib.contextmanager
+def training_into(args: argparse.Namespace, kind: str, what: str) -> Iterator[dict[str, Any] | None]:
+    """Hold --out for a training command of a model `kind`: refuse a folder of someone else's files
+    (unless --force) and a second writer, clear what a killed run left, and settle --resume. Yields
+    the saved config.json to go on from, or None for a fresh run (args.resume is then False)."""
+    out: Path = args.out
+    check_target(out, force=args.force)
+    with lock_directory(out):  # a second run on the same --out is refused here
+        remove_orphans(out)
+        saved = None
+        if args.resume and not (out / "config.json").exists():
+            print(f"rnnkit: note: {out} holds no model yet; starting afresh", file=sys.stderr)
+            args.resume = False
+        elif not args.resume and (out / "config.json").exists():
+            raise RnnkitError(f"{out} already holds a model: use --resume to continue it, or another --out")
+        elif args.resume:
+            saved = read_config(out)
+            if saved["kind"] != kind:
+                raise RnnkitError(f"{out} holds a {saved['kind']!r} model, not {what}")
+        yield saved
+
+
+def train_with_progress(args: argparse.Namespace, train: Callable[[list[Any]], dict[str, Any]]) -> dict[str, Any] | None:
+    """train(callbacks) under a progress bar (none with --quiet); None, said, when Ctrl-C stopped it."""
+    progress = [] if args.quiet else [ProgressBar()]
+    try:
+        summary = train(progress)
+    finally:
+        for bar in progress:
+            bar.close()
+    if summary["stopped"] == "interrupted":
+        print(f"rnnkit: interrupted at step {summary['steps']}; saved in {args.out}, continue with --resume",
+              file=sys.stderr)
+        return None
+    return summary

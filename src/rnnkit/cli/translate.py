@@ -14,7 +14,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..apps.translate import (SOURCE, TARGET, TranslateConfig, TranslateTrainConfig, Translator, Vocabularies,
                               attention_map, build_vocabularies, evaluate, finish_run, gettext_corpus, load_pairs,
@@ -25,9 +24,8 @@ from ..data import KINDS, load_tokenizer
 from ..errors import RnnkitError
 from ..io import save_figure
 from ..nn.attention import SCORES
-from ..training import ProgressBar, load_model, read_config, resolve_device
-from ..training.checkpoint import check_target, lock_directory, remove_orphans
-from .common import output_dir
+from ..training import ProgressBar, load_model, resolve_device
+from .common import config_fields, output_dir, train_with_progress, training_into
 
 # flag -> (section, field), for flags that set a config field; None: the config's default
 FLAGS = {
@@ -143,30 +141,12 @@ def run_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fields(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}}
-    for flag, (section, field) in FLAGS.items():
-        if getattr(args, flag) is not None:
-            sections[section][field] = getattr(args, flag)
-    return sections["model"], sections["train"]
-
-
 def run_train(args: argparse.Namespace) -> int:
     out: Path = args.out
-    model_fields, train_fields = _fields(args)
-    check_target(out, force=args.force)
-    with lock_directory(out):  # a second run on the same --out is refused here
-        remove_orphans(out)
-        if args.resume and not (out / "config.json").exists():
-            print(f"rnnkit: note: {out} holds no model yet; starting afresh", file=sys.stderr)
-            args.resume = False
-        elif not args.resume and (out / "config.json").exists():
-            raise RnnkitError(f"{out} already holds a model: use --resume to continue it, or another --out")
-        if args.resume:
-            saved = read_config(out)
-            if saved["kind"] != Translator.kind:
-                raise RnnkitError(f"{out} holds a {saved['kind']!r} model, not a translator")
-            model_fields, train_fields = {**saved["model"], **model_fields}, {**saved.get("train", {}), **train_fields}
+    fields = config_fields(args, FLAGS)
+    with training_into(args, Translator.kind, "a translator") as saved:
+        if saved is not None:
+            fields = {"model": {**saved["model"], **fields["model"]}, "train": {**saved.get("train", {}), **fields["train"]}}
             splits = load_pairs(args.data, args.target) if args.data is not None else load_pairs(out / "data")
             vocab = Vocabularies(load_tokenizer(out / SOURCE), load_tokenizer(out / TARGET))
         else:
@@ -176,21 +156,16 @@ def run_train(args: argparse.Namespace) -> int:
             splits = load_pairs(args.data, args.target)
             vocab = build_vocabularies(splits["train"], args.tokenizer, args.vocab_size, args.shared_vocab)
             write_splits(out / "data", splits)  # what --resume and the final test read
-        config = TranslateTrainConfig.from_dict(train_fields)
-        model_config = TranslateConfig.from_dict({**model_fields, "source_vocab_size": vocab.source.vocab_size,
+        config = TranslateTrainConfig.from_dict(fields["train"])
+        model_config = TranslateConfig.from_dict({**fields["model"], "source_vocab_size": vocab.source.vocab_size,
                                                   "target_vocab_size": vocab.target.vocab_size})
         if not args.quiet:
             print(f"{len(splits['train'])} training pairs, {len(splits['valid'])} validation, {len(splits['test'])} test; "
                   f"vocabularies {vocab.source.vocab_size} / {vocab.target.vocab_size} ({vocab.source.kind})",
                   file=sys.stderr)
-        progress = [] if args.quiet else [ProgressBar()]
-        try:
-            summary = train(out, splits, vocab, model_config, config, resume=args.resume, callbacks=progress)
-        finally:
-            for p in progress:
-                p.close()
-        if summary["stopped"] == "interrupted":
-            print(f"rnnkit: interrupted at step {summary['steps']}; saved in {out}, continue with --resume", file=sys.stderr)
+        summary = train_with_progress(args, lambda callbacks: train(out, splits, vocab, model_config, config,
+                                                                    resume=args.resume, callbacks=callbacks))
+        if summary is None:
             return 130
         results = finish_run(out, splits, summary, args.beam)
     bleu = (f", test BLEU {results['test_bleu']:.1f} (beam {args.beam}, {results['test_pairs']} pairs)"

@@ -26,7 +26,7 @@ from .task import (CaptionTrainConfig, attention_map, attention_on_objects, buil
 SHOWN = 4  # test scenes captioned, with their overlays
 
 
-def run_demo(out: Path, minutes: float = 4.0, retrain: bool = False, callback: Callback | None = None,
+def run_demo(out: Path, minutes: float = 6.0, retrain: bool = False, callback: Callback | None = None,
              say: Callable[[str], None] = print, images: int = 6000) -> dict[str, Any] | None:
     """Run the demo into `out`; the report (also in OUT/demo.json), or None if training was interrupted."""
     data, directory = out / "data", out / "model"
@@ -84,7 +84,9 @@ def format_report(report: dict[str, Any]) -> str:
     for s in report["samples"]:
         lines += [f"  {s['caption']}", f"    reference: {s['references'][0]}", f"    attention: {s['overlay']}"]
     a = report["attention"]
+    looked = (f"a colour or shape word puts {100 * a['share_inside']:.0f}% of its attention on the object it names "
+              f"(its box is {100 * a['share_if_uniform']:.0f}% of the image)" if a["words"]
+              else "no caption names the colour or shape of one object alone")
     lines.append(f"test BLEU-4 {report['test_bleu4_beam3']:.1f}, exact {report['test_exact_beam3']:.1f}% (beam 3); "
-                 f"a colour or shape word puts {100 * a['share_inside']:.0f}% of its attention on the object it names "
-                 f"(its box is {100 * a['share_if_uniform']:.0f}% of the image)")
+                 + looked)
     return "\n".join(lines)

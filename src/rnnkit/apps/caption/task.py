@@ -216,7 +216,8 @@ def finish_run(directory: str | Path, splits: dict[str, list[Example]], summary:
 
 
 @torch.no_grad()
-def attention_on_objects(model: Captioner, tokenizer: Tokenizer, examples: Sequence[Example]) -> dict[str, float]:
+def attention_on_objects(model: Captioner, tokenizer: Tokenizer, examples: Sequence[Example]
+                         ) -> dict[str, float | None]:
     """Does the model look at what it names? For every colour or shape word of a scene's greedy
     caption that names one object of the scene alone, the share of that word's attention inside
     the object's box; and the share the box would get from attention spread evenly (its area)."""
@@ -236,6 +237,7 @@ def attention_on_objects(model: Captioner, tokenizer: Tokenizer, examples: Seque
             x0, y0, x1, y1 = named[0]["box"]
             inside.append(float(maps[t, y0 : y1 + 1, x0 : x1 + 1].sum()))
             chance.append((y1 + 1 - y0) * (x1 + 1 - x0) / (size[0] * size[1]))
-    if not inside:
-        raise RnnkitError("no caption names a colour or shape of one object of its scene")
-    return {"share_inside": sum(inside) / len(inside), "share_if_uniform": sum(chance) / len(chance), "words": len(inside)}
+    if not inside:  # no caption names the colour or shape of one object alone: nothing to measure
+        return {"share_inside": None, "share_if_uniform": None, "words": 0}
+    return {"share_inside": sum(inside) / len(inside), "share_if_uniform": sum(chance) / len(chance),
+            "words": len(inside)}
