@@ -124,13 +124,13 @@ def scenes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(scenes, tmp_path_factory):
-    """A captioner trained on the scenes for a minute and a half."""
+    """A captioner trained on the scenes for 3 epochs: enough to write scene-like captions."""
     directory = tmp_path_factory.mktemp("captioner") / "model"
     torch.set_num_threads(2)
     splits = load_splits(scenes)
     tokenizer = build_vocabulary(splits["train"])
     summary = train(directory, splits, tokenizer, CaptionConfig(tokenizer.vocab_size),
-                    CaptionTrainConfig(epochs=100, max_minutes=1.5, eval_every=200, bleu_images=100, checkpoint_every=None))
+                    CaptionTrainConfig(epochs=3, eval_every=100, bleu_images=100, checkpoint_every=None))  # half a minute
     torch.set_num_threads(1)
     return directory, splits, summary
 
@@ -163,10 +163,10 @@ def test_beam_one_is_greedy_and_attention_covers_the_grid(trained):
     weights = attention_map(model, tokenizer, images[0], greedy[0])
     assert torch.allclose(weights.sum((1, 2)), torch.ones(len(weights)))
     # how much attention lands on the named object is measured (benchmarks/captioning.py), not bounded here:
-    # a model of a minute and a half does not localise yet
+    # a model of half a minute does not localise yet
     looked = attention_on_objects(model, tokenizer, splits["valid"][:60])
     assert looked["words"] > 0 and 0 < looked["share_if_uniform"] < 1 and 0 <= looked["share_inside"] <= 1
-    assert summary["history"][-1]["valid_bleu4"] > 40
+    assert summary["history"][-1]["valid_bleu4"] > 20
 
 
 @pytest.fixture(scope="module")
