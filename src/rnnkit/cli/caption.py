@@ -26,16 +26,12 @@ from ..errors import RnnkitError
 from ..io import save_figure
 from ..nn.attention import SCORES
 from ..training import ProgressBar, load_model, resolve_device
-from .common import config_fields, output_dir, train_with_progress, training_into
+from .common import LOOP_FLAGS, config_fields, output_dir, train_with_progress, training_into
 
 FLAGS = {
     "hidden": ("model", "hidden_size"), "embedding": ("model", "embedding_size"), "features": ("model", "feature_size"),
     "channels": ("model", "channels"), "attention": ("model", "attention"), "dropout": ("model", "dropout"),
-    "epochs": ("train", "epochs"), "max_minutes": ("train", "max_minutes"), "batch_size": ("train", "batch_size"),
-    "lr": ("train", "lr"), "attention_penalty": ("train", "attention_penalty"), "clip": ("train", "clip"),
-    "seed": ("train", "seed"), "device": ("train", "device"), "eval_every": ("train", "eval_every"),
-    "checkpoint_every": ("train", "checkpoint_every"), "early_stop": ("train", "early_stop"),
-    "bleu_images": ("train", "bleu_images"),
+    **LOOP_FLAGS, "attention_penalty": ("train", "attention_penalty"), "bleu_images": ("train", "bleu_images"),
 }
 
 

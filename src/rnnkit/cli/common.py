@@ -62,6 +62,12 @@ def output_dir(path: str | Path) -> Path:
     return out
 
 
+# the flags of the training loop's settings that every application's `train` command offers:
+# flag -> ("train", TrainConfig field)
+LOOP_FLAGS = {name: ("train", name) for name in (
+    "epochs", "max_minutes", "batch_size", "lr", "clip", "seed", "device", "eval_every", "checkpoint_every", "early_stop")}
+
+
 def config_fields(args: argparse.Namespace, flags: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
     """The "model" and "train" config fields that flags (flag -> (section, field)) set."""
     sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}}

@@ -25,7 +25,7 @@ from ..errors import RnnkitError
 from ..io import save_figure
 from ..nn.attention import SCORES
 from ..training import ProgressBar, load_model, resolve_device
-from .common import config_fields, output_dir, train_with_progress, training_into
+from .common import LOOP_FLAGS, config_fields, output_dir, train_with_progress, training_into
 
 # flag -> (section, field), for flags that set a config field; None: the config's default
 FLAGS = {
@@ -33,11 +33,7 @@ FLAGS = {
     "layers": ("model", "encoder_layers"), "decoder_layers": ("model", "decoder_layers"),
     "attention": ("model", "attention"), "dropout": ("model", "dropout"), "tie_embeddings": ("model", "tie_embeddings"),
     "max_length": ("model", "max_length"),
-    "epochs": ("train", "epochs"), "max_minutes": ("train", "max_minutes"), "batch_size": ("train", "batch_size"),
-    "lr": ("train", "lr"), "label_smoothing": ("train", "label_smoothing"), "clip": ("train", "clip"),
-    "seed": ("train", "seed"), "device": ("train", "device"), "eval_every": ("train", "eval_every"),
-    "checkpoint_every": ("train", "checkpoint_every"), "early_stop": ("train", "early_stop"),
-    "bleu_sentences": ("train", "bleu_sentences"),
+    **LOOP_FLAGS, "label_smoothing": ("train", "label_smoothing"), "bleu_sentences": ("train", "bleu_sentences"),
 }
 
 
