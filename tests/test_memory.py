@@ -8,11 +8,14 @@ import torch
 from rnnkit import LMConfig, RNNLanguageModel
 from rnnkit.demos.household.memory import MemoryConfig, WindowLM, make_data, measure
 from rnnkit.diagnostics import attribute
+from rnnkit.diagnostics.attribution import _integrated_gradients
 from rnnkit.errors import RnnkitError
 from rnnkit.demos.household import demo
-from rnnkit.demos.household.memory import blank_correct, make_model, train_model
+from rnnkit.demos.household.memory import blank_correct, make_model
 from rnnkit.demos.household import corpus as household
 from rnnkit.apps.lm import LMTrainConfig
+
+from helpers import tiny_household_lm
 
 
 def test_window_model_sees_exactly_the_last_n_tokens():
@@ -87,17 +90,6 @@ def test_lstm_learns_the_device_from_the_cue_and_the_window_model_only_within_it
     assert lstm.losses[-1] < lstm.losses[0]
 
 
-def _tiny_household_model() -> tuple[RNNLanguageModel, object]:
-    """An LSTM language model trained on short household sentences, with its tokenizer."""
-    config = MemoryConfig(max_distance=12, train_sentences=1500, test_sentences=10, steps=1000, hidden_size=64,
-                          lr=1e-2)
-    data = make_data(config)
-    torch.manual_seed(0)
-    model = make_model("lstm", data.tokenizer.vocab_size, config, pad=data.tokenizer.eos_id)
-    train_model(model, data, config)
-    return model.eval(), data.tokenizer
-
-
 def test_occlusion_and_gradient_x_input_follow_their_definitions():
     torch.manual_seed(0)
     tok = make_data(MemoryConfig(train_sentences=30, test_sentences=1)).tokenizer
@@ -133,6 +125,40 @@ def test_occlusion_and_gradient_x_input_follow_their_definitions():
     torch.testing.assert_close(torch.tensor(a.gradient_x_input, dtype=torch.float64), expected.detach())
 
 
+def test_integrated_gradients_are_the_path_integral_and_add_up_to_the_gain():
+    torch.manual_seed(0)
+    tok = make_data(MemoryConfig(train_sentences=30, test_sentences=1)).tokenizer
+    model = RNNLanguageModel(LMConfig(tok.vocab_size, hidden_size=16, num_layers=2)).double().eval()
+    prompt, devices = "I took the tea bag on the shelf and turned on the", list(household.DEVICE_WORDS)
+    a = attribute(model, tok, prompt, "kettle", devices, baselines=4, steps=200, seed=3)
+    assert a == attribute(model, tok, prompt, "kettle", devices, baselines=4, steps=200, seed=3)  # seeded
+    assert abs(a.ig_delta) < 1e-6 and len(a.integrated_gradients) == len(prompt.split())
+    ids = torch.tensor(tok.encode_prompt(prompt))[:, None]
+    x = model.embed(ids).detach()  # (T, 1, E)
+    cands = torch.tensor([tok.id(d) for d in devices])
+    target = devices.index("kettle")
+
+    def log_odds(inputs):  # inputs (T, N, E) -> (N,)
+        logits, _ = model.forward_embedded(inputs, model.start_state(inputs.shape[1]), last_only=True)
+        logits = logits[:, cands]
+        others = logits.clone()
+        others[:, target] = -torch.inf
+        return logits[:, target] - others.logsumexp(-1)
+
+    n = 400
+    alphas = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    # one reference, every word <unk>: the library's integral against the midpoint rule by hand
+    reference = ids.T.clone()
+    reference[:, 1:] = tok.unk_id
+    scores, delta = _integrated_gradients(model, ids, reference, target, cands, steps=200)
+    r = model.embed(reference.T).detach()  # (T, 1, E)
+    path = (r + alphas[None, :, None] * (x - r)).requires_grad_()  # (T, n, E)
+    (grad,) = torch.autograd.grad(log_odds(path).sum(), path)
+    expected = ((x - r)[:, 0] * grad.mean(1)).sum(-1)[1:]  # (T - 1,)
+    torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
+    assert abs(delta) < 1e-6
+
+
 def test_attribution_rejects_unknown_targets_and_empty_prompts():
     tok = make_data(MemoryConfig(train_sentences=30, test_sentences=1)).tokenizer
     model = RNNLanguageModel(LMConfig(tok.vocab_size, hidden_size=8, num_layers=1))
@@ -149,7 +175,7 @@ def test_attribution_rejects_unknown_targets_and_empty_prompts():
 
 @pytest.mark.slow
 def test_attribution_ranks_the_cue_above_the_distractors_on_a_trained_model():
-    model, tok = _tiny_household_model()
+    model, tok = tiny_household_lm()
     devices = list(household.DEVICE_WORDS)
     checked = 0
     for sample in household.generate(40, max_distance=12, seed=7):
@@ -163,12 +189,13 @@ def test_attribution_ranks_the_cue_above_the_distractors_on_a_trained_model():
         a = attribute(model, tok, sample.prompt, sample.target, devices)
         if a.prob < 0.5:
             continue
-        cue_score = max(a.occlusion[start : start + len(cue)])
-        assert cue_score > max(a.occlusion[i] for i in distractors), (sample.text, a.occlusion)
+        for scores in (a.occlusion, a.integrated_gradients):
+            cue_score = max(scores[start : start + len(cue)])
+            assert cue_score > max(scores[i] for i in distractors), (sample.text, scores)
         checked += 1
-    # (gradient x input is not held to this: on this model it ranked the cue first in 5 of 27 such
-    # sentences, which is why the demo reads occlusion first)
-    assert checked >= 5
+    # (gradient x input is not held to this: on this model it ranked the cue first in 4 of 20 such
+    # sentences, occlusion and integrated gradients in all 20)
+    assert checked >= 15
 
 
 def test_memory_command_writes_its_files_and_json(cli, tmp_path, capsys):
@@ -224,7 +251,7 @@ def test_demo_runs_caches_and_retrains(cli, tmp_path, capsys, tiny_demo):
     assert all(0 <= p["prob"] <= 1 for p in report["top5"]["sentence"])
     a = report["attribution"]
     assert a["tokens"] == household.SEED_SENTENCE.split()[:-1]
-    assert len(a["occlusion"]) == len(a["gradient_x_input"]) == len(a["tokens"])
+    assert len(a["occlusion"]) == len(a["integrated_gradients"]) == len(a["gradient_x_input"]) == len(a["tokens"])
     assert set(report["memory"]["accuracy"]) == {"elman", "lstm", "gru", "window"}
     assert json.loads((out / "demo.json").read_text()) == report
 

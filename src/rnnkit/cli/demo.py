@@ -2,7 +2,7 @@
 (once: the model is cached in --out), then shows
 
 1. the top 5 next words after the seed's full sentence and after "turned on the" alone;
-2. which earlier words drove the prediction (occlusion and gradient x input), as text and PNG;
+2. which earlier words drove the prediction (occlusion and integrated gradients), as text and PNG;
 3. memory over distance: Elman, LSTM, GRU and a fixed-window model (see `rnnkit memory`).
 
 Writes into --out: model/ (a model directory, usable with `rnnkit predict`), attribution.png,

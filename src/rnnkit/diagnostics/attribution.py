@@ -2,15 +2,23 @@
 
 The score is the log-odds of the target against the rest, s = log p(target) - log(1 - p(target)):
 unlike log p, it does not flatten as p nears 1, so a confident prediction still has gradients.
-Two measures, each a value per prompt token:
+Three measures, each a value per prompt token:
 
 - occlusion: s(prompt) - E_w[s(prompt with w in the token's place)], the log-odds lost when the
   token is replaced by the words the model itself expected there instead (its `alternatives` most
   probable other tokens at that position, weighted by their probability; Zintgraf et al. 2017's
   prediction difference). Unlike leaving the word out, this keeps the sentence well formed, so a
   word scores high only when *which* word it is matters;
+- integrated gradients (Sundararajan et al. 2017, Captum's `LayerIntegratedGradients` on the
+  embedding): sum_k (e_ik - e'_ik) * integral_0^1 ds/de_ik(e' + a (e - e')) da, averaged over
+  `baselines` reference prompts e', each drawing every word from the same alternatives occlusion
+  weighs (expected gradients, Erion et al. 2021). A single all-zero or all-<unk> reference is out of
+  the data's reach, and the path from it credits the sentence's frame ("and turned on the") as much
+  as its object. The scores add up to s(prompt) - mean s(reference) (completeness), up to the
+  quadrature's error, `ig_delta`;
 - gradient x input: sum_k e_ik ds/de_ik over the token's embedding e_i, the first-order estimate of
-  the same loss when the embedding is set to zero.
+  the loss when the embedding is set to zero: integrated gradients' one-step, zero-baseline cousin,
+  which a saturated network fools (the gradient at e says little about the path from 0 to e).
 
 With `candidates` (e.g. the devices of the household corpus), p is renormalised over them, so that
 the scores say which words decided *which* candidate, not that a candidate comes next at all.
@@ -23,7 +31,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-from torch import Tensor
+from captum.attr import LayerIntegratedGradients
+from torch import Tensor, nn
 
 from ..errors import RnnkitError
 from ..apps.lm.model import RNNLanguageModel, require_eval
@@ -36,6 +45,8 @@ class Attribution:
     target: str
     prob: float  # p(target | prompt), over `candidates` when given
     occlusion: list[float]
+    integrated_gradients: list[float]
+    ig_delta: float  # sum(integrated_gradients) - (s(prompt) - mean s(reference)): the quadrature's error
     gradient_x_input: list[float]
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,9 +82,14 @@ def attribute(
     target: str,
     candidates: Sequence[str] | None = None,
     alternatives: int = 10,
+    baselines: int = 8,
+    steps: int = 50,
+    seed: int = 0,
 ) -> Attribution:
-    """Occlusion and gradient x input scores of each prompt token for predicting `target` next,
-    by a model in eval mode."""
+    """Occlusion, integrated gradients (`baselines` references drawn with `seed`, each path
+    integrated by `steps` points of Gauss-Legendre quadrature) and gradient x input scores of each
+    prompt token for predicting `target` next, by a model in eval mode. The model is only read: it
+    may serve other threads meanwhile."""
     require_eval(model)
     target_id, cands = _target_ids(tokenizer, target, candidates)
     ids = tokenizer.encode_prompt(prompt)
@@ -84,8 +100,9 @@ def attribute(
     T = len(ids)
 
     # occlusion: (T - 1) * K prompts, token i replaced by each of the K alternatives, one batch
-    if alternatives < 1:
-        raise RnnkitError(f"alternatives must be at least 1, got {alternatives}")
+    for name, value in (("alternatives", alternatives), ("baselines", baselines), ("steps", steps)):
+        if value < 1:
+            raise RnnkitError(f"{name} must be at least 1, got {value}")
     K = min(alternatives, model.config.vocab_size - 1)
     rows = torch.arange(T - 1, device=device)
     with torch.no_grad():
@@ -107,8 +124,44 @@ def attribute(
         logits, _ = model.forward_embedded(inputs, model.start_state(1), last_only=True)  # (1, V)
         (grad,) = torch.autograd.grad(_log_odds(logits[0], target_id, cands), inputs)
     saliency = (grad * inputs.detach()).sum(-1)[1:, 0]  # (T - 1,)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    references = x[:, 0].repeat(baselines, 1)  # (N, T): word i drawn from the alternatives at i
+    references[:, 1:] = words.gather(1, torch.multinomial(q, baselines, True, generator=generator)).T
+    integrated, delta = _integrated_gradients(model, x, references, target_id, cands, steps)
 
     return Attribution(
         tokens=[tokenizer.token(i) for i in ids[1:]], target=target, prob=float(base.sigmoid()),
-        occlusion=occlusion.tolist(), gradient_x_input=saliency.tolist(),
+        occlusion=occlusion.tolist(), integrated_gradients=integrated.tolist(), ig_delta=delta,
+        gradient_x_input=saliency.tolist(),
     )
+
+
+class _Lookup(nn.Module):
+    """The model's embedding lookup as a module of one attribution's own: Captum hooks this one,
+    so the shared model gets no hook that another thread's forward pass would run into."""
+
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        self.weight = weight.detach()
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return nn.functional.embedding(ids, self.weight)
+
+
+def _integrated_gradients(
+    model: RNNLanguageModel, x: Tensor, references: Tensor, target: int, candidates: Tensor | None, steps: int
+) -> tuple[Tensor, float]:
+    """Integrated gradients of the log-odds over the embeddings of the prompt x (T, 1), averaged
+    over the paths from each of the references (N, T): the scores (T - 1,) (x[0], the line end
+    the prompt starts after, is in every reference too) and their completeness error."""
+    lookup = _Lookup(model.embedding.weight)
+
+    def log_odds(ids: Tensor) -> Tensor:  # ids (M, T), batch first, as Captum expands them
+        embedded = lookup(ids).transpose(0, 1)  # (T, M, E)
+        logits, _ = model.forward_embedded(embedded, model.start_state(ids.shape[0]), last_only=True)  # (M, V)
+        return _log_odds(logits, target, candidates)
+
+    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
+        scores, delta = LayerIntegratedGradients(log_odds, lookup).attribute(
+            x.T.expand_as(references), references, n_steps=steps, return_convergence_delta=True)  # (N, T, E)
+    return scores.sum(-1).mean(0)[1:].detach().double(), float(delta.mean())  # (T - 1,)

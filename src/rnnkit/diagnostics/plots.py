@@ -103,13 +103,14 @@ def plot_task_curves(results: Sequence[TaskResult]) -> Figure:
 
 
 def plot_attribution(attribution: Attribution) -> Figure:
-    """The prompt's tokens top to bottom, with their occlusion and gradient x input scores as bars."""
+    """The prompt's tokens top to bottom, with their occlusion and integrated gradients scores as bars."""
     a = attribution
     y = np.arange(len(a.tokens))
     fig = Figure(figsize=(8, 0.28 * len(a.tokens) + 1.4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    titles = ("occlusion: log-odds lost when the word is swapped\nfor the words the model expected there", "gradient x input (of the log-odds)")
-    for ax, scores, title in zip(axes, (a.occlusion, a.gradient_x_input), titles):
+    titles = ("occlusion: log-odds lost when the word is swapped\nfor the words the model expected there",
+              "integrated gradients: its share of the log-odds gained\nover sentences of words the model expected")
+    for ax, scores, title in zip(axes, (a.occlusion, a.integrated_gradients), titles):
         scores = np.asarray(scores)
         ax.barh(y, scores, color=np.where(scores >= 0, "tab:blue", "tab:red"))
         ax.axvline(0, color="black", lw=0.6)

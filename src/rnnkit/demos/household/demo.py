@@ -2,7 +2,7 @@
 (once: the model is cached in `out`), then shows
 
 1. the top 5 next words after the seed's full sentence and after "turned on the" alone;
-2. which earlier words drove the prediction (occlusion and gradient x input), as text and PNG;
+2. which earlier words drove the prediction (occlusion and integrated gradients), as text and PNG;
 3. memory over distance: Elman, LSTM, GRU and a fixed-window model (see `rnnkit memory`).
 
 Writes into `out`: model/ (a model directory, usable with `rnnkit predict`), attribution.png,
@@ -167,13 +167,14 @@ def format_report(report: dict[str, Any], memory: dict[str, Any]) -> str:
         "",
         f"Which words made it say \"{a['target']}\" (p {over}: {a['prob']:.1%}):",
         "  occlusion: log-odds of it lost when the word is swapped for the words the model expected there;",
-        "  gradient x input: the same, to first order, when the word's embedding is zeroed",
-        f"{'word':<12}{'occlusion':>10}{'grad x input':>14}",
+        "  integrated gradients (Captum): its share of the log-odds gained over sentences whose words",
+        "  are drawn from those the model expected (the bar)",
+        f"{'word':<12}{'occlusion':>10}{'integrated':>12}",
     ]
-    scale = max(max(abs(v) for v in a["occlusion"]), 1e-9)
-    for token, occ, gxi in zip(a["tokens"], a["occlusion"], a["gradient_x_input"]):
-        bar = "#" * round(24 * max(occ, 0.0) / scale)
-        lines.append(f"{token:<12}{occ:>10.2f}{gxi:>14.2f}   {bar}".rstrip())
+    scale = max(max(abs(v) for v in a["integrated_gradients"]), 1e-9)
+    for token, occ, ig in zip(a["tokens"], a["occlusion"], a["integrated_gradients"]):
+        bar = "#" * round(24 * max(ig, 0.0) / scale)
+        lines.append(f"{token:<12}{occ:>10.2f}{ig:>12.2f}   {bar}".rstrip())
 
     lines += ["", "Memory over distance:", format_table(memory), "",
               f"files: {report['files']['attribution']}, {report['files']['memory']}, {report['files']['json']}",
