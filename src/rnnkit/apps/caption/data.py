@@ -19,7 +19,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -51,15 +51,17 @@ class Example:
 # --------------------------------------------------------------------- reading
 
 
-def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """An image as uint8 RGB (H, W, 3), resized to size = (H, W) when given; RnnkitError naming
-    the file if it is missing, not an image, truncated or too large."""
+def read_image(path: Path | BinaryIO, size: tuple[int, int] | None = None) -> np.ndarray:
+    """An image as uint8 RGB (H, W, 3), resized to size = (H, W) when given, from a file or an
+    open binary stream (named by its `name`); RnnkitError naming it if it is missing, not an image,
+    truncated or too large."""
     from PIL import Image, UnidentifiedImageError
 
+    name = getattr(path, "name", path)
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise RnnkitError(f"{path} has {image.width} x {image.height} pixels, more than the "
+                raise RnnkitError(f"{name} has {image.width} x {image.height} pixels, more than the "
                                   f"{MAX_PIXELS} this reads")
             image.load()
             rgb = image.convert("RGBA").convert("RGB") if image.mode in ("P", "LA", "RGBA") else image.convert("RGB")
@@ -67,13 +69,13 @@ def read_image(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
                 rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.array(rgb, dtype=np.uint8)  # a writable copy
     except FileNotFoundError:
-        raise RnnkitError(f"image not found: {path}") from None
+        raise RnnkitError(f"image not found: {name}") from None
     except UnidentifiedImageError:
-        raise RnnkitError(f"{path} is not an image Pillow can read (PNG, JPEG, ...)") from None
+        raise RnnkitError(f"{name} is not an image Pillow can read (PNG, JPEG, ...)") from None
     except (OSError, SyntaxError) as error:  # Pillow's "image file is truncated", broken chunks
-        raise RnnkitError(f"{path} is a damaged image ({error})") from None
+        raise RnnkitError(f"{name} is a damaged image ({error})") from None
     except Image.DecompressionBombError:
-        raise RnnkitError(f"{path} is too large an image (Pillow refuses it as a decompression bomb)") from None
+        raise RnnkitError(f"{name} is too large an image (Pillow refuses it as a decompression bomb)") from None
 
 
 def read_captions(folder: str | Path) -> list[Example]:
