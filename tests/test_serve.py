@@ -191,3 +191,50 @@ def test_serve_refuses_what_it_cannot_serve_in_one_line(cli, tmp_path, capsys, m
     assert err.startswith("rnnkit: error:") and err.count("\n") == 1
     assert cli(["serve", str(model_dir), "--port", "70000"]) == 1
     assert "--port" in capsys.readouterr().err
+
+
+def test_a_translator_directory_serves_translate(tmp_path):
+    import torch
+    from rnnkit.apps.translate import TranslateConfig, TranslateTrainConfig, Translator, build_vocabularies, translate
+    from rnnkit.training.checkpoint import save_model
+
+    vocab = build_vocabularies([("one two three", "eins zwei drei"), ("four", "vier")], kind="word")
+    torch.manual_seed(0)
+    model = Translator(TranslateConfig(vocab.source.vocab_size, vocab.target.vocab_size, embedding_size=8,
+                                       hidden_size=12, max_length=20))
+    save_model(tmp_path, model, vocab.assets(), TranslateTrainConfig())
+    with TestClient(create_app(tmp_path)) as client:
+        assert client.get("/v1/model").json()["endpoints"] == ["/v1/translate"]
+        body = client.post("/v1/translate", json={"text": "two three five", "beam": 2}).json()
+        [expected] = translate(model.eval(), vocab, ["two three five"], beam=2)
+        assert body["translation"] == expected.text and body["unknown"] == ["five"]
+        assert client.post("/v1/translate", json={"text": "", "beam": 2}).json()["field"] == "text"
+        assert client.post("/v1/predict", json={"text": "two"}).status_code == 404  # not a language model
+
+
+def test_a_captioner_directory_serves_caption(tmp_path):
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from rnnkit.apps.caption import CaptionConfig, CaptionTrainConfig, Captioner, describe
+    from rnnkit.apps.caption.task import TOKENIZER
+    from rnnkit.data import train_tokenizer_from_text
+    from rnnkit.training.checkpoint import save_model
+
+    tokenizer = train_tokenizer_from_text("word", ["a red circle\na blue square left of a red circle\n"])
+    torch.manual_seed(0)
+    model = Captioner(CaptionConfig(tokenizer.vocab_size))
+    save_model(tmp_path, model, {TOKENIZER: tokenizer}, CaptionTrainConfig())
+    pixels = np.random.default_rng(0).integers(0, 256, (model.config.image_height, model.config.image_width, 3),
+                                               dtype=np.uint8)
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    with TestClient(create_app(tmp_path)) as client:
+        body = client.post("/v1/caption", files={"image": ("scene.png", png.getvalue(), "image/png")}).json()
+        [expected] = describe(model.eval(), tokenizer, torch.from_numpy(pixels).permute(2, 0, 1)[None], beam=3)
+        assert body["caption"] == expected.text
+        bad = client.post("/v1/caption", files={"image": ("notes.txt", b"not an image", "text/plain")})
+        assert bad.status_code == 422 and bad.json()["field"] == "image" and "notes.txt" in bad.json()["error"]
+        assert client.post("/v1/caption").status_code == 422
