@@ -98,6 +98,9 @@ def test_attribution_scores_every_word_for_the_top_prediction(client):
     ("/v1/predict", {"text": "a", "colour": "red"}, 422, "colour"),
     ("/v1/predict", {"text": "the " * 2001}, 422, "text"),
     ("/v1/predict", ["text"], 422, None),
+    ("/v1/predict", {"text": "\ud800 turned"}, 422, "text"),
+    ("/v1/generate", {"text": "\ud800"}, 422, "text"),
+    ("/v1/generate", {"temperature": float("inf")}, 422, "temperature"),
     ("/v1/generate", {"temperature": 0}, 422, "temperature"),
     ("/v1/generate", {"top_p": 1.5}, 422, "top_p"),
     ("/v1/generate", {"top_p": 0}, 422, "top_p"),
@@ -112,7 +115,8 @@ def test_attribution_scores_every_word_for_the_top_prediction(client):
     ("/v1/attribution", {"text": "the " * 201}, 422, "text"),
 ])
 def test_bad_requests_get_a_4xx_naming_the_field(client, path, body, status, field):
-    response = client.post(path, json=body)
+    # json.dumps as a client might: lone surrogates escaped, infinity as JavaScript writes it
+    response = client.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
     assert response.status_code == status
     error = response.json()
     assert error["field"] == field and error["error"] and "\n" not in error["error"]
@@ -123,6 +127,8 @@ def test_bad_requests_get_a_4xx_naming_the_field(client, path, body, status, fie
 def test_malformed_and_oversized_bodies_and_unknown_routes(client):
     bad = client.post("/v1/predict", content=b'{"text": ', headers={"content-type": "application/json"})
     assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]
+    empty = client.post("/v1/predict", content=b"", headers={"content-type": "application/json"})
+    assert empty.status_code == 422 and empty.json()["error"].startswith("the body must be a JSON object")
     big = b'{"text": "' + b"a " * 40_000 + b'"}'
     assert client.post("/v1/predict", content=big, headers={"content-type": "application/json"}).status_code == 413
     chunked = client.post("/v1/predict", content=iter([big[:30_000], big[30_000:]]),

@@ -14,6 +14,7 @@ import asyncio
 import io
 import json
 import time
+from functools import partial
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -25,7 +26,7 @@ from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -99,32 +100,46 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _unicode(text: str) -> str:
+    """JSON may carry a lone surrogate (\\ud800), which is no character: refuse it here, not as a
+    500 when the answer echoes it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate)") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+Number = partial(Field, allow_inf_nan=False)
+
+
 class PredictBody(_Body):
-    text: str
+    text: Text
     top_k: int = Field(5, ge=1)
 
 
 class GenerateBody(_Body):
-    text: str = ""
+    text: Text = ""
     length: int = Field(50, ge=1, le=MAX_LENGTH)
-    temperature: float = Field(1.0, gt=0)
+    temperature: float = Number(1.0, gt=0)
     top_k: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Number(None, gt=0, le=1)
     beam: int | None = Field(None, ge=1, le=MAX_BEAM)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     stream: bool = False
 
 
 class AttributionBody(_Body):
-    text: str
-    target: str | None = None
-    candidates: list[str] | None = Field(None, min_length=2, max_length=1000)
+    text: Text
+    target: Text | None = None
+    candidates: list[Text] | None = Field(None, min_length=2, max_length=1000)
 
 
 class TranslateBody(_Body):
-    text: str
+    text: Text
     beam: int = Field(5, ge=1, le=MAX_BEAM)
-    length_penalty: float = Field(1.0, ge=0, le=5)
+    length_penalty: float = Number(1.0, ge=0, le=5)
 
 
 def _validation_error(error: RequestValidationError) -> JSONResponse:
@@ -134,10 +149,10 @@ def _validation_error(error: RequestValidationError) -> JSONResponse:
         return _error(400, f"the body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})")
     where = [str(p) for p in first.get("loc", ()) if p != "body"]
     field = ".".join(where) or None
-    if first.get("type") == "missing":
-        return _error(422, f"{field} is required", field)
     if field is None:
         return _error(422, f"the body must be a JSON object ({first.get('msg', 'invalid')})")
+    if first.get("type") == "missing":
+        return _error(422, f"{field} is required", field)
     return _error(422, f"{field}: {first.get('msg', 'invalid')}", field)
 
 
