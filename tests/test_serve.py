@@ -176,6 +176,8 @@ def test_the_micro_batcher_runs_requests_that_come_together_as_one_batch():
         return results, await asyncio.gather(*(alone(i) for i in range(3)))
 
     results, unbatched = asyncio.run(main())
+    reused = MicroBatcher(lambda items: [i + 1 for i in items], window=0.01, max_batch=8)
+    assert [asyncio.run(reused(i)) for i in range(2)] == [1, 2]  # each event loop gets its own worker
     assert results == [i * i for i in range(10)] and unbatched == [0, 1, 4]
     assert calls[:2] == [list(range(8)), [8, 9]] and calls[2] == [-1]
     assert sorted(len(c) for c in calls[3:]) == [1, 1, 1]

@@ -25,14 +25,16 @@ class MicroBatcher(Generic[Item, Result]):
         self.run, self.window, self.max_batch = run, window, max_batch
         self._queue: asyncio.Queue[tuple[Item, asyncio.Future[Result]]] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, item: Item) -> Result:
         if self.window <= 0:
             return (await asyncio.to_thread(self.run, [item]))[0]
-        if self._worker is None:  # the queue belongs to the running event loop: made on first use
-            self._queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # a queue and its worker belong to one event loop: made in each
+            self._queue, self._loop = asyncio.Queue(), loop
             self._worker = asyncio.create_task(self._serve())
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Result] = loop.create_future()
         assert self._queue is not None
         await self._queue.put((item, future))
         return await future
@@ -65,4 +67,4 @@ class MicroBatcher(Generic[Item, Result]):
     async def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-            self._worker = None
+            self._worker = self._loop = None
