@@ -112,3 +112,20 @@ def test_captioning_quick_reports_bleu_exact_and_where_attention_lands(tmp_path)
     report = json.loads(done.stdout)
     assert {"test_bleu4_beam1", "test_bleu4_beam3", "test_exact_beam3", "images_per_s_beam3"} <= report.keys()
     assert 0 <= report["attention"]["share_inside"] <= 1 and report["attention"]["words"] > 0
+
+
+@pytest.mark.slow
+def test_serve_quick_load_answers_every_good_request_and_refuses_every_bad_one(tmp_path):
+    from helpers import household_model_dir
+
+    model = household_model_dir(tmp_path / "model")
+    done = _run("serve.py", str(model), "--quick", "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert set(report["modes"]) == {"batched", "unbatched", "mixed"} and report["clients"] == 4
+    for mode, r in report["modes"].items():
+        assert r["requests"] > 0 and r["errors"] == 0, (mode, r)
+        assert r["bad_not_4xx"] == 0 and r["still_answering"], (mode, r)
+        assert 0 < r["p50_ms"] <= r["p99_ms"]
+    assert report["modes"]["mixed"]["bad_requests"] == 12 * 20
+    assert report["modes"]["unbatched"]["batch_window_ms"] == 0
