@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import sys
 from pathlib import Path
@@ -39,5 +40,7 @@ def run(args: argparse.Namespace) -> int:
               "authentication", file=sys.stderr)
     print(f"rnnkit: serving {args.model} on http://{args.host}:{args.port}/ (API docs at /docs; Ctrl-C stops)",
           file=sys.stderr)
+    gc.collect()
+    gc.freeze()  # the model and libraries, hundreds of thousands of objects, out of every later collection
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
