@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import socket
 import statistics
@@ -52,10 +51,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from machine import host_info  # the script beside this one
 
 HOST = "127.0.0.1"
 GOALS = {"p99_ms_at_most": 50.0, "requests_per_s_at_least": 500.0}
@@ -454,24 +454,11 @@ async def run_mode(mode: str, model_dir: Path, window_ms: float, clients: int, s
 
 def machine_info() -> dict[str, Any]:
     """As throughput.py's, without importing torch into the load generator."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     try:
         torch_version = metadata.version("torch")
     except metadata.PackageNotFoundError:
         torch_version = None
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch_version,
-    }
+    return {**host_info(), "torch": torch_version}
 
 
 def table(report: dict[str, Any]) -> str:

@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import resource
 import statistics
@@ -42,7 +41,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +53,8 @@ from rnnkit import LMConfig, LMTrainConfig, RNNLanguageModel, predict_next, samp
 from rnnkit.data import EOS, UNK, Corpus, WordTokenizer
 from rnnkit.io import atomic_write
 from rnnkit.training.loop import DEFAULT_LR
+
+from machine import host_info  # the script beside this one
 
 V = 10_000  # vocabulary of the Penn Treebank (Mikolov's version)
 SEED = 0
@@ -411,19 +411,9 @@ def bench_inference(cell: str, name: str, shape: Shape, calls: int, length: int,
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     gpu = torch.cuda.is_available()
     return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **host_info(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if gpu else None,
