@@ -308,3 +308,19 @@ def remove_orphans(directory: Path) -> list[Path]:
     for path in orphans:
         path.unlink(missing_ok=True)
     return orphans
+
+
+def pending_training(directory: Path, retrain: bool, say: Callable[[str], None]) -> bool | None:
+    """What a demo must do for its cached model in `directory`: None when a finished run is there
+    (its results.json) to reuse; else whether to resume the interrupted run there (False: train
+    afresh; with `retrain`, what was there is removed first)."""
+    if not retrain and (directory / "results.json").exists():
+        return None
+    if retrain and directory.exists():
+        import shutil
+
+        shutil.rmtree(directory)
+    resume = (directory / "config.json").exists()
+    if resume:
+        say(f"continuing the training saved in {directory}")
+    return resume

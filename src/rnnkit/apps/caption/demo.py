@@ -9,14 +9,13 @@ attention overlays of a few scenes.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ...io import read_json, save_figure, write_json
 from ...training.callbacks import Callback
-from ...training.checkpoint import load_model
+from ...training.checkpoint import load_model, pending_training
 from .data import load_splits, scenes_corpus
 from .model import CaptionConfig, Captioner
 from .plots import plot_caption_attention
@@ -35,12 +34,8 @@ def run_demo(out: Path, minutes: float = 6.0, retrain: bool = False, callback: C
         say(f"generated {counts['train']} training scenes, {counts['test']} test scenes with objects unseen in "
             f"training")
     splits = load_splits(data)
-    if retrain or not (directory / "results.json").exists():
-        resume = not retrain and (directory / "config.json").exists()
-        if retrain and directory.exists():
-            shutil.rmtree(directory)
+    if (resume := pending_training(directory, retrain, say)) is not None:
         if resume:
-            say(f"continuing the training saved in {directory}")
             model, tokenizer = load_model(directory, kind=Captioner.kind)
             model_config = model.config
         else:

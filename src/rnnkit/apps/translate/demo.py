@@ -9,7 +9,6 @@ references, scores the test split with BLEU and chrF, and draws one sentence's a
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from ...io import read_json, save_figure, write_json
 from ...training.callbacks import Callback
-from ...training.checkpoint import load_model
+from ...training.checkpoint import load_model, pending_training
 from .data import (LOCALE_DIR, MIN_GETTEXT_PAIRS, gettext_pairs, load_pairs, more_catalogs_hint, number_pairs,
                    split_pairs, write_splits)
 from .model import TranslateConfig, Translator
@@ -53,12 +52,8 @@ def run_demo(out: Path, lang: str = "fr", minutes: float = 4.0, retrain: bool = 
     splits = load_pairs(out / "data")
     directory = out / "model"
     callbacks = [] if callback is None else [callback]
-    if retrain or not (directory / "results.json").exists():
-        resume = not retrain and (directory / "config.json").exists()
-        if retrain and directory.exists():
-            shutil.rmtree(directory)
+    if (resume := pending_training(directory, retrain, say)) is not None:
         if resume:
-            say(f"continuing the training saved in {directory}")
             model, vocab = load_model(directory, kind=Translator.kind)
             model_config = model.config
         else:
