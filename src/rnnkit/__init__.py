@@ -19,6 +19,7 @@ The layers, each importing only those above it in this list:
 from ._version import __version__
 from .apps.lm import LMConfig, LMTrainConfig, RNNLanguageModel, beam_search, evaluate, predict_next, sample, train
 from .apps.caption import CaptionConfig, Captioner
+from .apps.speech import SpeechConfig, SpeechRecognizer
 from .apps.translate import TranslateConfig, Translator
 from .data import build_corpus
 from .nn.cells import CELLS, Cell, ElmanCell, GRUCell, LSTMCell, make_cell, register_cell
@@ -37,6 +38,8 @@ __all__ = [
     "LSTMCell",
     "RNNLanguageModel",
     "Recurrent",
+    "SpeechConfig",
+    "SpeechRecognizer",
     "Trace",
     "TrainConfig",
     "TranslateConfig",

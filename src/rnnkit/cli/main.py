@@ -13,7 +13,8 @@ from ..training import distributed
 from ..training.distributed import Follower
 
 # the subcommand modules, in the order `rnnkit --help` lists them
-COMMANDS: tuple[str, ...] = ("demo", "train", "use", "data", "memory", "gradients", "tasks", "translate", "caption", "serve")
+COMMANDS: tuple[str, ...] = ("demo", "train", "use", "data", "memory", "gradients", "tasks", "translate", "caption", "speech",
+                             "serve")
 
 
 class _Parser(argparse.ArgumentParser):
