@@ -246,3 +246,21 @@ def test_a_captioner_directory_serves_caption(tmp_path):
         bad = client.post("/v1/caption", files={"image": ("notes.txt", b"not an image", "text/plain")})
         assert bad.status_code == 422 and bad.json()["field"] == "image" and "notes.txt" in bad.json()["error"]
         assert client.post("/v1/caption").status_code == 422
+
+
+def test_a_recogniser_directory_serves_transcribe(tmp_path):
+    import io
+
+    import numpy as np
+    from rnnkit.apps.speech import SpeechConfig, SpeechRecognizer, SpeechTrainConfig, transcribe_file
+    from rnnkit.apps.speech.data import write_wav
+    from rnnkit.training.checkpoint import save_model
+
+    model = SpeechRecognizer(SpeechConfig(channels=2, hidden_size=8, num_layers=1))
+    save_model(tmp_path / "model", model, {}, SpeechTrainConfig())
+    wav = write_wav(tmp_path / "a.wav", np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32))
+    with TestClient(create_app(tmp_path / "model")) as client:
+        body = client.post("/v1/transcribe", files={"audio": ("a.wav", wav.read_bytes(), "audio/wav")}).json()
+        assert body["text"] == transcribe_file(model.eval(), wav)[0] and body["notes"] == []
+        bad = client.post("/v1/transcribe", files={"audio": ("notes.txt", io.BytesIO(b"hello").read(), "text/plain")})
+        assert bad.status_code == 422 and bad.json()["field"] == "audio" and "notes.txt" in bad.json()["error"]

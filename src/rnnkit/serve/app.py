@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import tempfile
 import time
 from functools import partial
 from collections.abc import Iterator, Sequence
@@ -332,8 +333,32 @@ def _handle(app: FastAPI, kind: type[Exception], response: Any) -> None:
     app.add_exception_handler(kind, handler)
 
 
+def _speech_routes(app: FastAPI, served: Served) -> None:
+    from ..apps.speech import transcribe_file
+
+    @app.post("/v1/transcribe", summary="Transcribe an uploaded WAV file (greedy with beam 1, else prefix beam search)")
+    async def transcribe(audio: Annotated[UploadFile, File()], beam: int = 1) -> dict[str, Any]:
+        if not 1 <= beam <= MAX_BEAM:
+            raise ApiError(422, f"beam: between 1 and {MAX_BEAM}", "beam")
+        data = await audio.read()
+
+        def run() -> dict[str, Any]:
+            # the wave module reads a file by name; the upload gets a private one for the request
+            with tempfile.TemporaryDirectory(prefix="rnnkit-serve-") as folder:
+                path = Path(folder) / "upload.wav"
+                path.write_bytes(data)
+                try:
+                    text, notes = transcribe_file(served.model, path, beam)
+                except RnnkitError as error:
+                    raise ApiError(422, f"audio: {str(error).replace(str(path), audio.filename or 'the upload')}",
+                                   "audio") from None
+            return {"text": text, "notes": notes}
+
+        return await _within(served, asyncio.to_thread(run))
+
+
 ROUTES = {"lm": ("/v1/predict", "/v1/generate", "/v1/attribution"), "translate": ("/v1/translate",),
-          "caption": ("/v1/caption",)}
+          "caption": ("/v1/caption",), "speech": ("/v1/transcribe",)}
 
 
 def create_app(
@@ -364,6 +389,8 @@ def create_app(
         _lm_routes(app, served, batch_window_ms / 1000, max_batch)
     elif served.kind == "translate":
         _translate_routes(app, served)
+    elif served.kind == "speech":
+        _speech_routes(app, served)
     else:
         _caption_routes(app, served)
 
