@@ -2,6 +2,7 @@
 and they skip with a message where their data or GPU is missing."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -129,3 +130,21 @@ def test_serve_quick_load_answers_every_good_request_and_refuses_every_bad_one(t
         assert 0 < r["p50_ms"] <= r["p99_ms"]
     assert report["modes"]["mixed"]["bad_requests"] == 12 * 20
     assert report["modes"]["unbatched"]["batch_window_ms"] == 0
+
+
+@pytest.mark.slow
+def test_speech_quick_reports_error_rates_by_snr_with_and_without_the_lm(tmp_path):
+    import shutil
+
+    if shutil.which("espeak-ng") is None and not os.environ.get("CI"):
+        pytest.skip("needs espeak-ng (Debian: apt-get install espeak-ng)")
+    from helpers import household_model_dir
+
+    lm = household_model_dir(tmp_path / "lm")
+    done = _run("speech.py", "--quick", "--minutes", "0.05", "--lm", str(lm), "--out", str(tmp_path / "s"), "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    for decoding in ("greedy", "lm"):
+        r = report[decoding]
+        assert r["real_time_factor"] > 0 and sum(row["utterances"] for row in r["by_snr"]) == report["utterances"]["test"]
+        assert {"wer_10db_and_up", "wer_0_to_5db"} <= r.keys()

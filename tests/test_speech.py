@@ -178,3 +178,21 @@ def test_greedy_transcripts_of_a_batch_are_each_utterances_own():
     features = [log_mel(torch.randn(n)) for n in (8000, 16000, 3000)]
     together = transcribe_features(model, features)
     assert together == [transcribe_features(model, [f])[0] for f in features]
+
+
+@pytest.mark.slow
+def test_the_demo_transcribes_the_seed_sentence_both_ways_and_reuses_its_model(tmp_path):
+    needs_espeak()
+    from helpers import household_model_dir
+    from rnnkit.apps.speech.demo import format_report, run_demo
+
+    lm = household_model_dir(tmp_path / "lm")
+    said = []
+    report = run_demo(tmp_path / "demo", minutes=0.05, say=said.append, sentences=30, lm_dir=lm)
+    assert "espeak-ng" in said[0] and report["seed"]["reference"].endswith("turned on the television")
+    assert {"greedy", "lm"} == report["test"].keys() and Path(report["seed"]["audio"]).exists()
+    text = format_report(report)
+    assert "heard (with the LM)" in text and "clean" in text
+    weights = (tmp_path / "demo" / "model" / "model.safetensors").stat().st_mtime_ns
+    assert run_demo(tmp_path / "demo", minutes=0.05, say=said.append, sentences=30, lm_dir=lm)["steps"] == report["steps"]
+    assert (tmp_path / "demo" / "model" / "model.safetensors").stat().st_mtime_ns == weights

@@ -31,8 +31,8 @@ FLAGS = {
 def _decoding_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam", type=int, help="prefix beam search of this width (default: 1, greedy, or 16 with --lm)")
     p.add_argument("--lm", type=Path, help="a char or word language model directory (rnnkit train) to fuse in")
-    p.add_argument("--lm-weight", type=float, default=0.5, help="weight of its log-probabilities (default %(default)s)")
-    p.add_argument("--word-bonus", type=float, default=1.0,
+    p.add_argument("--lm-weight", type=float, default=0.2, help="weight of its log-probabilities (default %(default)s)")
+    p.add_argument("--word-bonus", type=float, default=2.0,
                    help="added per word with --lm, against the LM's preference for short outputs (default %(default)s)")
 
 
