@@ -164,12 +164,12 @@ def transcribe_features(model: SpeechRecognizer, features: Sequence[Tensor], bea
         group = order[start : start + batch_size]
         x, lengths = _pad([features[i] for i in group])
         log_probs, lengths = model(x.to(device), lengths.to(device))  # (T', B, K)
-        for b, i in enumerate(group):
-            frames = log_probs[: int(lengths[b]), b].cpu()
-            if beam == 1 and lm is None:
-                ids = ctc.greedy_decode(frames)
-            else:
-                ids = ctc.prefix_beam_search(frames, alphabet, beam, lm=lm, lm_weight=lm_weight, word_bonus=word_bonus)
+        if beam == 1 and lm is None:
+            labels = ctc.greedy_batch(log_probs, lengths)
+        else:
+            labels = [ctc.prefix_beam_search(log_probs[: int(lengths[b]), b].cpu(), alphabet, beam, lm=lm,
+                                             lm_weight=lm_weight, word_bonus=word_bonus) for b in range(len(group))]
+        for i, ids in zip(group, labels):
             found[i] = " ".join(decode_ids(alphabet, ids).split())
     return [found[i] for i in range(len(features))]
 
