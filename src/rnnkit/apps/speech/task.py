@@ -61,14 +61,14 @@ def decode_ids(alphabet: str, ids: Sequence[int]) -> str:
     return "".join(alphabet[i] for i in ids)
 
 
-def features_of(audio: np.ndarray) -> Tensor:
-    return log_mel(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)))
+def features_of(audio: np.ndarray, n_mels: int) -> Tensor:
+    return log_mel(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)), n_mels)
 
 
-def load_features(utterances: Sequence[Utterance]) -> list[Tensor]:
-    """Every utterance's log-mel frames (T, F), read once: a few hundred MB for thousands of
+def load_features(utterances: Sequence[Utterance], n_mels: int) -> list[Tensor]:
+    """Every utterance's log-mel frames (T, n_mels), read once: a few hundred MB for thousands of
     utterances, and no decoding work left for the training steps."""
-    return [features_of(read_wav(u.audio)[0]) for u in utterances]
+    return [features_of(read_wav(u.audio)[0], n_mels) for u in utterances]
 
 
 def _pad(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -80,14 +80,15 @@ def _pad(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 class SpeechTask(Task):
     """Utterances in batches of similar length, reshuffled every epoch, SpecAugmented in training."""
 
-    def __init__(self, splits: dict[str, list[Utterance]], alphabet: str, config: SpeechTrainConfig) -> None:
+    def __init__(self, splits: dict[str, list[Utterance]], model_config: SpeechConfig, config: SpeechTrainConfig
+                 ) -> None:
         if not splits["train"] or not splits["valid"]:
             raise RnnkitError("speech recognition needs training and validation utterances")
-        self.config, self.alphabet = config, alphabet
-        self.features = load_features(splits["train"])
+        self.config, alphabet = config, model_config.alphabet
+        self.features = load_features(splits["train"], model_config.n_mels)
         self.targets = [encode_text(alphabet, u.text) for u in splits["train"]]
         self.valid = splits["valid"]
-        self.valid_features = load_features(self.valid)
+        self.valid_features = load_features(self.valid, model_config.n_mels)
         self.valid_targets = [encode_text(alphabet, u.text) for u in self.valid]
         self.groups = bucketed([(0, len(f)) for f in self.features], config.batch_size, config.seed)
         self.epoch, self.order = 0, None
@@ -143,7 +144,7 @@ def train(directory: str | Path, splits: dict[str, list[Utterance]], model_confi
     resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = SpeechRecognizer(model_config)
-    task = SpeechTask(splits, model_config.alphabet, config)
+    task = SpeechTask(splits, model_config, config)
     return fit(model, task, config, directory, assets={}, resume=resume, callbacks=callbacks)
 
 
@@ -190,7 +191,7 @@ def evaluate(model: SpeechRecognizer, utterances: Sequence[Utterance], beam: int
              lm: ctc.LanguageModelScorer | None = None, lm_weight: float = 0.0, word_bonus: float = 0.0,
              by_snr: bool = False) -> dict[str, Any]:
     """WER and CER of the utterances' transcripts (and by SNR), and the real-time factor."""
-    features = load_features(utterances)
+    features = load_features(utterances, model.config.n_mels)
     seconds = sum(len(f) for f in features) * 0.01  # 10 ms frames
     start = time.perf_counter()
     hypotheses = transcribe_features(model, features, beam, lm, lm_weight, word_bonus)
@@ -215,7 +216,7 @@ def transcribe_file(model: SpeechRecognizer, path: Path, beam: int = 1, lm: ctc.
     audio, notes = read_wav(path)
     if len(audio) < SAMPLE_RATE // 50 or float(np.abs(audio).max(initial=0.0)) < 1e-4:  # under 20 ms, or silence
         return "", notes + ["the audio is empty or silent"]
-    [text] = transcribe_features(model, [features_of(audio)], beam, lm, lm_weight, word_bonus)
+    [text] = transcribe_features(model, [features_of(audio, model.config.n_mels)], beam, lm, lm_weight, word_bonus)
     return text, notes
 
 
