@@ -103,6 +103,24 @@ def append_jsonl(path: PathLike, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def read_jsonl(path: Path, what: str) -> Iterator[tuple[int, Any]]:
+    """(line number, JSON value) of each non-blank line of a JSON-lines file; RnnkitError naming
+    `what` when the file is missing, and the file and line where it is not UTF-8 or not JSON."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise RnnkitError(f"{what} not found: {path}") from None
+    except UnicodeDecodeError:
+        raise RnnkitError(f"{path} is not UTF-8 text") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RnnkitError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+
+
 def write_csv(path: PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")

@@ -112,3 +112,20 @@ def train_with_progress(args: argparse.Namespace, train: Callable[[list[Any]], d
               file=sys.stderr)
         return None
     return summary
+
+
+def run_demo_with_progress(demo: Callable[..., dict[str, Any] | None], format_report: Callable[[dict[str, Any]], str],
+                           saved_in: Path) -> int:
+    """An application's demo, demo(callback=..., say=...), under a progress bar, its notes on
+    standard error and its report on standard output; 130, said, when Ctrl-C stopped its training."""
+    progress = ProgressBar()
+    try:
+        report = demo(callback=progress, say=lambda text: print(text, file=sys.stderr))
+    finally:
+        progress.close()
+    if report is None:
+        print(f"rnnkit: interrupted; the training so far is saved in {saved_in}, run the demo again to continue it",
+              file=sys.stderr)
+        return 130
+    print(format_report(report))
+    return 0

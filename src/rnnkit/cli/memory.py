@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from ..demos.household.memory import DEFAULT_BUCKETS, FILES, MODELS, MemoryConfig, format_table, run_memory

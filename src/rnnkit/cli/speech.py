@@ -12,14 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from ..apps.speech import SpeechConfig, SpeechRecognizer, SpeechTrainConfig, evaluate, finish_run, train, transcribe_file
 from ..apps.speech.ctc import LanguageModelScorer, lm_scorer
 from ..apps.speech.data import load_split, speech_corpus
 from ..errors import RnnkitError
-from ..training import ProgressBar, load_model, resolve_device
-from .common import LOOP_FLAGS, config_fields, output_dir, train_with_progress, training_into
+from ..training import load_model, resolve_device
+from .common import LOOP_FLAGS, config_fields, output_dir, run_demo_with_progress, train_with_progress, training_into
 
 FLAGS = {
     "hidden": ("model", "hidden_size"), "layers": ("model", "num_layers"), "cell": ("model", "cell"),
@@ -173,15 +174,4 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..apps.speech.demo import format_report, run_demo as demo
 
     out = output_dir(args.out)
-    progress = ProgressBar()
-    try:
-        report = demo(out, args.minutes, retrain=args.retrain, callback=progress,
-                      say=lambda text: print(text, file=sys.stderr))
-    finally:
-        progress.close()
-    if report is None:
-        print(f"rnnkit: interrupted; the training so far is saved in {out}, run the demo again to continue it",
-              file=sys.stderr)
-        return 130
-    print(format_report(report))
-    return 0
+    return run_demo_with_progress(partial(demo, out, args.minutes, retrain=args.retrain), format_report, out)

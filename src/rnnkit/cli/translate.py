@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 from ..apps.translate import (SOURCE, TARGET, TranslateConfig, TranslateTrainConfig, Translator, Vocabularies,
@@ -24,8 +25,8 @@ from ..data import KINDS, load_tokenizer
 from ..errors import RnnkitError
 from ..io import save_figure
 from ..nn.attention import SCORES
-from ..training import ProgressBar, load_model, resolve_device
-from .common import LOOP_FLAGS, config_fields, output_dir, train_with_progress, training_into
+from ..training import load_model, resolve_device
+from .common import LOOP_FLAGS, config_fields, output_dir, run_demo_with_progress, train_with_progress, training_into
 
 # flag -> (section, field), for flags that set a config field; None: the config's default
 FLAGS = {
@@ -211,15 +212,5 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..apps.translate.demo import format_report, run_demo as demo
 
     out = output_dir(args.out)
-    progress = ProgressBar()
-    try:
-        report = demo(out, args.lang, args.minutes, retrain=args.retrain, callback=progress,
-                      say=lambda text: print(text, file=sys.stderr))
-    finally:
-        progress.close()
-    if report is None:
-        print(f"rnnkit: interrupted; the training so far is saved in {out / 'model'}, run the demo again to continue it",
-              file=sys.stderr)
-        return 130
-    print(format_report(report))
-    return 0
+    return run_demo_with_progress(partial(demo, out, args.lang, args.minutes, retrain=args.retrain), format_report,
+                                  out / "model")

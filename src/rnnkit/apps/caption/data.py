@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ...errors import RnnkitError
-from ...io import atomic_write
+from ...io import atomic_write, read_jsonl
 
 SPLITS = ("train", "valid", "test")
 CAPTIONS = "captions.jsonl"
@@ -84,20 +84,8 @@ def read_captions(folder: str | Path) -> list[Example]:
     folder = Path(folder)
     path = folder / CAPTIONS if folder.is_dir() else folder
     folder = path.parent
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise RnnkitError(f"captions file not found: {path}") from None
-    except UnicodeDecodeError:
-        raise RnnkitError(f"{path} is not UTF-8 text") from None
     examples = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RnnkitError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+    for n, record in read_jsonl(path, "captions file"):
         if not isinstance(record, dict) or not isinstance(record.get("image"), str):
             raise RnnkitError(f'{path}:{n}: expected {{"image": "...", "captions": ["...", ...]}}')
         captions = record.get("captions")

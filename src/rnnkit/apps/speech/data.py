@@ -36,7 +36,7 @@ import numpy as np
 
 from ...demos.household.corpus import generate
 from ...errors import ParameterError, RnnkitError
-from ...io import atomic_write
+from ...io import atomic_write, read_jsonl
 
 ALPHABET = "_ abcdefghijklmnopqrstuvwxyz'"  # "_" is CTC's blank (index 0), never in a transcript
 SAMPLE_RATE = 16_000
@@ -320,20 +320,8 @@ def load_split(folder: str | Path) -> list[Utterance]:
     audio file."""
     path = Path(folder)
     path = path / MANIFEST if path.is_dir() else path
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise RnnkitError(f"manifest not found: {path}") from None
-    except UnicodeDecodeError:
-        raise RnnkitError(f"{path} is not UTF-8 text") from None
     utterances = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RnnkitError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+    for n, record in read_jsonl(path, "manifest"):
         if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("audio", "text")):
             raise RnnkitError(f'{path}:{n}: expected {{"audio": "x.wav", "text": "..."}}')
         voice, snr = record.get("voice"), record.get("snr")

@@ -86,9 +86,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"The seed's sentence, spoken by {s['voice']} (a voice training never heard) at {s['snr']:g} dB SNR "
         f"({s['audio']}):",
-        f"  said:               {s['reference']}",
-        f"  heard (greedy):     {s['greedy']}",
-        f"  heard (with the LM): {s['lm']}",
+        f"  {'said:':<21}{s['reference']}",
+        f"  {'heard (greedy):':<21}{s['greedy']}",
+        f"  {'heard (with the LM):':<21}{s['lm']}",
         "",
         f"Test split ({report['utterances']['test']} utterances, unseen voices), word error rate by SNR; "
         f"the recogniser trained {report['training_minutes'] or 0:.1f} minutes:",
