@@ -164,11 +164,9 @@ def _validation_error(error: RequestValidationError) -> JSONResponse:
 class Served:
     """The loaded model and what the routes need to know of it."""
 
-    directory: Path
     kind: str
     model: torch.nn.Module
     assets: Any  # a language model's tokenizer, a translator's vocabularies, ...
-    config: dict[str, Any]
     timeout: float
 
 
@@ -375,7 +373,7 @@ def create_app(
     if batch_window_ms < 0 or max_batch < 1 or timeout_s <= 0:
         raise RnnkitError("batch_window_ms must be >= 0, max_batch >= 1 and timeout_s > 0")
     model, assets = load_model(directory, kind=config["kind"])
-    served = Served(directory, config["kind"], model, assets, config, timeout_s)
+    served = Served(config["kind"], model, assets, timeout_s)
 
     app = FastAPI(title="rnnkit", version=__version__,
                   description=f"The {served.kind!r} model in {directory.name}, served by rnnkit.")
