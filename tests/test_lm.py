@@ -124,3 +124,43 @@ def test_eval_mode_ignores_variational_dropout_in_both_backends():
     out, _ = rnn(x)
     torch.testing.assert_close(rnn.trace(x).outputs, out, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(rnn.trace(x).outputs, rnn.trace(x).outputs, atol=0, rtol=0)
+
+
+def _adamw_losses(model: RNNLanguageModel, data: torch.Tensor, steps: int, bptt: int = 32) -> list[float]:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    state, losses = model.init_state(data.shape[1]), []
+    for i in range(steps):
+        start = i * bptt % (len(data) - bptt - 1)
+        state = tuple(s.detach() for s in state)
+        loss, state = model.loss(data[start:start + bptt], data[start + 1:start + bptt + 1], state)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_adamw_learns_as_fast_as_with_pytorchs_own_initialisation(tied):
+    """Issue 17: with Zaremba's +-0.1 embedding a char LSTM under AdamW sat at its unigram loss for
+    dozens of steps while PyTorch's default initialisation learned."""
+    words = ["the", "remote", "couch", "television", "kitchen", "coffee", "picked", "turned", "on", "up"]
+    rng = torch.Generator().manual_seed(0)
+    text = " ".join(words[int(i)] for i in torch.randint(0, len(words), (3000,), generator=rng))
+    chars = sorted(set(text))
+    ids = torch.tensor([chars.index(c) for c in text])
+    p = torch.bincount(ids) / len(ids)
+    unigram = -(p * p.log()).sum().item()  # nats: the loss of a model that has learned no context
+    data = ids[: len(ids) // 16 * 16].view(16, -1).t()  # (N, 16): 16 streams
+    config = LMConfig(vocab_size=len(chars), hidden_size=64, embedding_size=64 if tied else 16, tie_weights=tied)
+    torch.manual_seed(0)
+    ours = _adamw_losses(RNNLanguageModel(config), data, 60)
+    mean = lambda losses: sum(losses[-10:]) / 10  # noqa: E731
+    assert mean(ours) < unigram - 0.4  # the spelling of the words was learned (the old init: unigram - 0.0)
+    if not tied:  # a tied matrix is also the output layer, which PyTorch would start at N(0, 1) too
+        torch.manual_seed(0)
+        default = RNNLanguageModel(config)
+        default.embedding.reset_parameters()  # N(0, 1)
+        default.head.reset_parameters()  # U(+-1/sqrt(H))
+        assert mean(ours) <= mean(_adamw_losses(default, data, 60)) + 0.1
