@@ -181,3 +181,12 @@ def test_language_model_prompts_read_as_a_padded_batch_decode_as_they_would_alon
         alone = decoding.beam_search(model, *read_prompts(model, tokenizer, [prompt]), length=4, beam=3)[0]
         assert [h.tokens for h in hyps] == [h.tokens for h in alone]
         assert [h.score for h in hyps] == pytest.approx([h.score for h in alone], abs=1e-5)
+
+
+def test_draw_takes_each_token_with_its_probability_and_never_one_of_probability_zero():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([decoding.sampling.draw(probs, generator) for _ in range(20000)])  # (20000, 2)
+    share = torch.bincount(draws[:, 0], minlength=5) / len(draws)
+    torch.testing.assert_close(share, probs[0], atol=0.015, rtol=0)  # 4.5 standard errors at most
+    assert (draws[:, 1] == 4).all()
