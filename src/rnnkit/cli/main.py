@@ -14,7 +14,7 @@ from ..training.distributed import Follower
 
 # the subcommand modules, in the order `rnnkit --help` lists them
 COMMANDS: tuple[str, ...] = ("demo", "train", "use", "data", "memory", "gradients", "tasks", "translate", "caption", "speech",
-                             "serve")
+                             "serve", "export")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -7,10 +7,12 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import tempfile
 
 from ..apps.lm import RNNLanguageModel, beam_search, evaluate, predict_next, sample
+from ..apps.lm.onnx import OnnxLanguageModel, load_onnx
 from ..data import encode_to_file
 from ..errors import RnnkitError
 from ..training import load_model, resolve_device
@@ -30,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt-file", type=Path, help="read the prompt from this file instead (- for standard input)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _runtime_flag(p)
     p.set_defaults(run=run_predict)
 
     p = sub.add_parser("generate", help="generate text from a prompt")
@@ -42,7 +45,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, help="sample among the most probable tokens that make up this mass")
     p.add_argument("--beam", type=int, help="beam search of this width instead of sampling")
     p.add_argument("--seed", type=int, help="random seed for sampling")
+    _runtime_flag(p)
     p.set_defaults(run=run_generate)
+
+
+def _runtime_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=("torch", "onnx", "onnx-int8"), default="torch",
+                   help="run the model in PyTorch, or its ONNX export in onnxruntime (float32, or int8: faster, "
+                   "slightly less accurate; made by `rnnkit export MODEL --format onnx [--int8]`) "
+                   "(default: %(default)s)")
+
+
+def _load(args: argparse.Namespace) -> tuple[RNNLanguageModel | OnnxLanguageModel, Any]:
+    """The language model to run, as --runtime asks, and its tokenizer."""
+    if args.runtime == "torch":
+        return load_model(args.model, kind=RNNLanguageModel.kind)
+    return load_onnx(args.model, int8=args.runtime == "onnx-int8")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -85,7 +103,7 @@ def _prompt(args: argparse.Namespace, required: bool) -> str:
 
 def run_predict(args: argparse.Namespace) -> int:
     prompt = _prompt(args, required=True)
-    model, tokenizer = load_model(args.model, kind=RNNLanguageModel.kind)
+    model, tokenizer = _load(args)
     predictions, unknown = predict_next(model, tokenizer, prompt, args.top_k)
     _warn_unknown(unknown)
     if args.json:
@@ -98,7 +116,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_generate(args: argparse.Namespace) -> int:
     prompt = _prompt(args, required=False)
-    model, tokenizer = load_model(args.model, kind=RNNLanguageModel.kind)
+    model, tokenizer = _load(args)
     _warn_unknown(tokenizer.unknown_words(prompt))
     space = " " if prompt and tokenizer.kind == "word" else ""
     if args.beam is not None:
