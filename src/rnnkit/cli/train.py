@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..apps.lm import LMConfig, LMTrainConfig, finish_run, train
+from ..apps.lm import LMConfig, LMTrainConfig, auto, finish_run, train
 from ..apps.lm.presets import preset_path, presets
 from ..data import KINDS, Tokenizer, build_corpus, load_tokenizer, open_corpus
 from ..demos.household.corpus import default_corpus
@@ -75,6 +75,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run, params={field: flag for flag, (_, field) in FLAGS.items()})
 
 
+# flags that leave the choice of model and schedule to `rnnkit.apps.lm.auto`; any other model or
+# training flag, or --config, means the user chooses, and unset fields take the fixed defaults
+NOT_SHAPE = {"max_minutes", "seed", "device", "eval_every", "checkpoint_every", "early_stop"}
+
+
+def _automatic(args: argparse.Namespace) -> bool:
+    return args.config is None and not args.resume and all(
+        getattr(args, flag) is None for flag in FLAGS if flag not in NOT_SHAPE)
+
+
+def _auto_fields(args: argparse.Namespace, corpus: Any, train_fields: dict[str, Any]) -> tuple[dict, dict]:
+    """The model and training fields the rule of `rnnkit.apps.lm.auto` chooses for this corpus,
+    said on stderr; the flags given (budget, seed, device, ...) stay as given."""
+    minutes = train_fields.get("max_minutes")
+    if minutes is None:
+        minutes = auto.DEFAULT_MINUTES
+        print(f"rnnkit: no --max-minutes: training for {minutes:g} minutes", file=sys.stderr)
+    device = resolve_device(train_fields.get("device", "auto"))
+    print("rnnkit: no model or training flags: measuring this machine to fit the model to the corpus and budget "
+          "(see `rnnkit.apps.lm.auto`)", file=sys.stderr)
+    chosen = auto.plan(len(corpus.train), corpus.tokenizer.kind, corpus.tokenizer.vocab_size, minutes, device)
+    print(f"rnnkit: {chosen.summary}", file=sys.stderr)
+    return chosen.model, {**chosen.train, **train_fields, "max_minutes": minutes}
+
+
 def _configs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """The model, train and data settings: defaults < --config file < flags."""
     sections: dict[str, dict[str, Any]] = {"model": {}, "train": {}, "data": {}}
@@ -122,10 +147,16 @@ def run(args: argparse.Namespace) -> int:
                 held.enter_context(lock_directory(out))  # a second `rnnkit train` on the same --out is refused here
                 remove_orphans(out)  # what a killed run left; no other writer is here now
                 corpus = _corpus(args, out, data)
-        # the other processes open the corpus rank 0 built, on the file system they share
-        args.resume, tokenizer = distributed.broadcast(group, (args.resume, corpus.tokenizer.to_json() if main else None))
+            chosen = _auto_fields(args, corpus, train_fields) if main and _automatic(args) else None
+        # the other processes open the corpus rank 0 built, on the file system they share, and take
+        # the settings its rule chose (settings given differently are refused when training starts)
+        args.resume, tokenizer, chosen = distributed.broadcast(
+            group, (args.resume, corpus.tokenizer.to_json(), chosen) if main else None)
         if not main:
             corpus = open_corpus(out / "data", Tokenizer.from_json(tokenizer))
+        if chosen is not None:
+            model_fields, train_fields = chosen
+            config = LMTrainConfig.from_dict(train_fields)
         return _train(args, out, corpus, config, LMConfig.from_dict({**model_fields, "vocab_size": corpus.tokenizer.vocab_size}), group)
 
 

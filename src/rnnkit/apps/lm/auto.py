@@ -1,0 +1,126 @@
+"""Settings that fit the corpus: `rnnkit train --data FILE` with no model or training flag.
+
+The rule, from the training text's size N (tokens), its tokenizer, this machine and the time budget:
+
+1. The regime, by tokenizer. Words and BPE pieces: SGD at lr 20, clip 0.25, B 20 streams, windows
+   of T 35, input and output embeddings tied (E = H), as the Penn Treebank recipes. Characters:
+   AdamW at 2e-3, clip 1, B 64, T 128, E 128 untied.
+2. The passes over the text a model should get: P = 6 (10^6 / N)^0.4, from 1 to 30: small texts
+   need many passes (and dropout), large ones learn most in their first. At N = 10^6 that is 6,
+   near the 7 epochs of the 15-minute PTB recipe (`ptb-cpu`); a text of characters has about five
+   tokens a word, so it gets fewer passes than a word-level text of the same content, and a wider
+   model, as character models want.
+3. The width: the largest H of the regime's ladder whose measured speed here (a few timed training
+   steps, tokens/s) gives P passes in the budget, less a tenth for evaluations; the smallest when
+   none does. Two layers.
+4. Epochs: the passes the budget gives that width, rounded down (at least 1), with a cosine
+   schedule over them. Dropout grows with them: 0.1 sqrt(epochs) for words, 0.05 sqrt(epochs) for
+   characters, at most 0.5.
+
+A measured rate is only as good as the machine is quiet; the budget also stops the run, so a slower
+machine ends it early rather than late.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .model import LMConfig, RNNLanguageModel
+
+DEFAULT_MINUTES = 10.0  # the budget when none is given
+LADDER = {"word": (128, 200, 300, 400, 512, 650, 800), "char": (256, 384, 512, 768, 1024)}
+REGIME: dict[str, dict[str, Any]] = {
+    "word": {"optimizer": "sgd", "lr": 20.0, "clip": 0.25, "batch_size": 20, "bptt": 35},
+    "char": {"optimizer": "adamw", "lr": 2e-3, "clip": 1.0, "batch_size": 64, "bptt": 128},
+}
+EVALUATION_SHARE = 0.1  # of the budget, for the evaluations after every epoch
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the rule chose, and why: `model` and `train` are config fields; `summary` is the line
+    printed at the start."""
+
+    model: dict[str, Any]
+    train: dict[str, Any]
+    tokens_per_s: float
+    passes: float  # the passes the budget gives the chosen width
+    summary: str
+
+
+def target_passes(tokens: int) -> float:
+    """P = 6 (10^6 / N)^0.4, from 1 to 30 (step 2 of the rule)."""
+    return min(30.0, max(1.0, 6 * (1e6 / max(tokens, 1)) ** 0.4))
+
+
+def model_fields(regime: str, hidden: int, vocab_size: int, dropout: float) -> dict[str, Any]:
+    if regime == "char":
+        return {"cell": "lstm", "hidden_size": hidden, "embedding_size": min(128, hidden), "num_layers": 2,
+                "dropout": dropout, "tie_weights": False, "vocab_size": vocab_size}
+    return {"cell": "lstm", "hidden_size": hidden, "num_layers": 2, "dropout": dropout, "tie_weights": True,
+            "vocab_size": vocab_size}
+
+
+def measure_speed(model_config: LMConfig, batch_size: int, bptt: int, optimizer: str,
+                  device: torch.device = torch.device("cpu"), steps: int = 3) -> float:
+    """Training tokens/s of this model on `device`: the best of `steps` timed steps after one
+    warm-up (forward, backward, optimizer step on random ids; the global RNG is left as it was)."""
+    rng = torch.get_rng_state()
+    try:
+        model = RNNLanguageModel(model_config).to(device).train()
+        opt = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.SGD)(model.parameters(), lr=1e-3)
+        ids = torch.randint(0, model_config.vocab_size, (bptt + 1, batch_size), device=device)
+        best = math.inf
+        for i in range(steps + 1):
+            start = time.perf_counter()
+            loss, _ = model.loss(ids[:-1], ids[1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                best = min(best, time.perf_counter() - start)
+        return batch_size * bptt / best
+    finally:
+        torch.set_rng_state(rng)
+
+
+def plan(tokens: int, tokenizer_kind: str, vocab_size: int, minutes: float,
+         device: torch.device = torch.device("cpu"), speed: Any = measure_speed) -> Plan:
+    """The settings for `tokens` training tokens and `minutes` of training on `device` (see the
+    module's docstring); `speed(model_config, batch_size, bptt, optimizer, device)` gives tokens/s."""
+    regime = "char" if tokenizer_kind == "char" else "word"
+    settings = REGIME[regime]
+    seconds = 60 * minutes * (1 - EVALUATION_SHARE)
+    want = target_passes(tokens)
+    chosen: int | None = None
+    rate = 0.0
+    for hidden in LADDER[regime]:  # widths in increasing order: slower, so fewer passes
+        measured = speed(LMConfig(**model_fields(regime, hidden, vocab_size, 0.0)),
+                         settings["batch_size"], settings["bptt"], settings["optimizer"], device)
+        if chosen is not None and measured * seconds / tokens < want:
+            break
+        chosen, rate = hidden, measured
+        if rate * seconds / tokens < want:
+            break  # the narrowest already gets fewer passes than wanted
+    assert chosen is not None  # the ladder is never empty
+    passes = rate * seconds / tokens
+    epochs = max(1, int(passes))
+    dropout = round(min(0.5, (0.05 if regime == "char" else 0.1) * math.sqrt(epochs)), 2)
+    model = model_fields(regime, chosen, vocab_size, dropout)
+    train = {**settings, "epochs": epochs, "schedule": "cosine", "max_minutes": minutes}
+    size = f"{tokens / 1e6:.1f}M" if tokens >= 1e6 else f"{tokens / 1e3:.0f}k"
+    where = f"{torch.get_num_threads()} CPU threads" if device.type == "cpu" else str(device)
+    tied = "tied" if model["tie_weights"] else f"E {model['embedding_size']}"
+    summary = (f"{size} {regime} tokens, {minutes:g} minutes on {where} -> 2x{chosen} LSTM, {tied}, dropout "
+               f"{dropout:g}, {epochs} epoch{'s' if epochs > 1 else ''} (cosine), {settings['optimizer']} lr "
+               f"{settings['lr']:g}, B {settings['batch_size']}, T {settings['bptt']} "
+               f"(measured {rate:,.0f} tokens/s; wanted {want:.1f} passes"
+               + ("; the budget gives less than one, so the run ends within its first epoch)" if passes < 1 else ")"))
+    return Plan(model, train, rate, passes, summary)

@@ -1,0 +1,74 @@
+"""`rnnkit train` with no model flags: the rule of `rnnkit.apps.lm.auto` fits the model to the corpus."""
+
+import json
+
+import pytest
+
+from rnnkit.apps.lm import auto
+from rnnkit.cli import main
+
+from helpers import animal_corpus
+
+
+def fake_speed(config, batch_size, bptt, optimizer, device):
+    return 2e8 / config.hidden_size**2  # tokens/s: a width twice as wide is four times slower
+
+
+@pytest.mark.parametrize("tokens, minutes, hidden, epochs", [
+    (50_000, 5, 200, 27),  # a small text: many passes
+    (1_000_000, 30, 200, 8),
+    (10_000_000, 5, 128, 1),  # too large for the budget: the narrowest, one (partial) epoch
+])
+def test_the_rule_takes_the_widest_model_that_gets_its_passes(tokens, minutes, hidden, epochs):
+    chosen = auto.plan(tokens, "word", 10_000, minutes, speed=fake_speed)
+    assert chosen.model["hidden_size"] == hidden and chosen.train["epochs"] == epochs
+    assert chosen.model["tie_weights"] and chosen.train["optimizer"] == "sgd"
+    assert chosen.train["schedule"] == "cosine" and chosen.train["max_minutes"] == minutes
+    wider = [h for h in auto.LADDER["word"] if h > hidden]
+    if wider:  # the next width would not get the passes wanted
+        assert fake_speed(type("C", (), {"hidden_size": wider[0]}), 0, 0, 0, 0) * 60 * minutes * 0.9 / tokens \
+            < auto.target_passes(tokens)
+    assert f"2x{hidden} LSTM" in chosen.summary
+
+
+def test_smaller_texts_get_more_passes_and_more_dropout():
+    small = auto.plan(50_000, "word", 10_000, 5, speed=lambda *a: 9_000)
+    large = auto.plan(2_000_000, "word", 10_000, 5, speed=lambda *a: 9_000)
+    assert small.train["epochs"] > large.train["epochs"] and small.model["dropout"] > large.model["dropout"]
+    assert 0 < large.model["dropout"] <= small.model["dropout"] <= 0.5
+
+
+def test_characters_train_with_adamw_in_long_windows():
+    chosen = auto.plan(5_000_000, "char", 50, 30, speed=lambda *a: 10_000)
+    assert chosen.train["optimizer"] == "adamw" and chosen.train["bptt"] == 128 and chosen.train["batch_size"] == 64
+    assert not chosen.model["tie_weights"] and chosen.model["embedding_size"] == 128
+    assert "5.0M char tokens, 30 minutes" in chosen.summary
+
+
+def test_measured_speed_is_positive_and_leaves_the_random_stream_alone():
+    import torch
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    config = auto.LMConfig(**auto.model_fields("word", 16, 50, 0.1))
+    assert auto.measure_speed(config, 4, 8, "sgd", steps=1) > 0
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_train_without_flags_says_the_rule_and_trains_within_the_budget(tmp_path, capsys):
+    text = animal_corpus(tmp_path / "animals.txt", 300)
+    assert main(["train", "--data", str(text), "--out", str(tmp_path / "m"), "--max-minutes", "0.05", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "word tokens, 0.05 minutes on" in err and "LSTM, tied" in err
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["train"]["schedule"] == "cosine" and saved["train"]["max_minutes"] == 0.05
+    assert saved["model"]["tie_weights"] is True
+
+
+def test_any_model_flag_turns_the_rule_off(tmp_path, capsys):
+    text = animal_corpus(tmp_path / "animals.txt", 100)
+    assert main(["train", "--data", str(text), "--out", str(tmp_path / "m"), "--hidden", "8", "--epochs", "1",
+                 "--quiet"]) == 0
+    assert "measuring this machine" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["train"]["schedule"] == "plateau"
