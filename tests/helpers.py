@@ -57,3 +57,12 @@ def household_model_dir(directory: Path) -> Path:
     model, tokenizer = tiny_household_lm()
     save_model(directory, model, {TOKENIZER: tokenizer}, LMTrainConfig(optimizer="adamw"))
     return directory
+
+
+def object_outranks_distractors(words: list[str], scores: list[float]) -> bool:
+    """In the seed's sentence, "remote controller" scores above every distractor word between it and
+    "and turned on the" (the rule of test_memory's attribution test; the closing frame, which says a
+    device comes next, may score higher still)."""
+    start = words.index("remote")
+    last_and = len(words) - 1 - words[::-1].index("and")
+    return max(scores[start:start + 2]) > max(scores[start + 2:last_and])

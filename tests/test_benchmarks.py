@@ -2,6 +2,7 @@
 and they skip with a message where their data or GPU is missing."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -89,6 +90,18 @@ def test_ptb_quick_trains_the_recipe_on_a_slice():
 
 
 @pytest.mark.slow
+def test_ptb_quick_auto_at_character_level_reports_bits_per_character():
+    done = _run("ptb.py", "--quick", "--recipe", "auto", "--minutes", "0.1", "--char", "--fraction", "0.5", "--json")
+    assert done.returncode == 0, done.stderr
+    if done.stdout.startswith("skipped"):
+        pytest.skip(done.stdout.strip())
+    results = json.loads(done.stdout)
+    assert results["recipe"] == "ptb-char-auto-50pct-0.1min"
+    assert results["test_bits_per_char"] == pytest.approx(results["test_loss"] / math.log(2))
+    assert results["config"]["train"]["optimizer"] == "adamw" and "char tokens" in done.stderr
+
+
+@pytest.mark.slow
 def test_translation_quick_reports_bleu_by_minute_and_both_decoders(tmp_path):
     done = _run("translation.py", "--quick", "--corpus", "numbers", "--minutes", "0.1", "--out", str(tmp_path / "n"),
                 "--json")
@@ -148,3 +161,19 @@ def test_speech_quick_reports_error_rates_by_snr_with_and_without_the_lm(tmp_pat
         r = report[decoding]
         assert r["real_time_factor"] > 0 and sum(row["utterances"] for row in r["by_snr"]) == report["utterances"]["test"]
         assert {"wer_10db_and_up", "wer_0_to_5db"} <= r.keys()
+
+
+@pytest.mark.slow
+def test_inference_quick_compares_torch_onnx_and_int8(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("".join(" ".join(f"w{(7 * i + j) % 150}" for j in range(20)) + "\n" for i in range(40)))
+    done = _run("inference.py", "--quick", "--json", "--text", str(text), "--tokens", "400",
+                "--markdown", str(tmp_path / "b.md"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [r["runtime"] for r in report["runtimes"]] == ["torch", "onnx", "onnx-int8"]
+    for r in report["runtimes"]:
+        assert 0 < r["predict_median_ms"] <= r["predict_p95_ms"] and r["sample_tokens_per_s"] > 0
+    perplexity = report["text"]["perplexity"]
+    assert report["text"]["tokens"] == 400 and perplexity["onnx"] == pytest.approx(perplexity["torch"], rel=1e-4)
+    assert "## Inference runtimes: CPU" in (tmp_path / "b.md").read_text()

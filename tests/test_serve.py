@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from helpers import household_model_dir
+from helpers import household_model_dir, object_outranks_distractors
 from rnnkit.apps.lm import beam_search, predict_next, sample
 from rnnkit.serve import create_app
 from rnnkit.serve.batching import MicroBatcher
@@ -83,7 +83,7 @@ def test_attribution_scores_every_word_for_the_top_prediction(client):
     scores = body["scores"]
     assert {len(v) for v in scores.values()} == {len(body["tokens"])}
     for method in ("occlusion", "integrated_gradients"):  # the object decides the device
-        assert body["tokens"][max(range(len(body["tokens"])), key=scores[method].__getitem__)] in ("remote", "controller")
+        assert object_outranks_distractors(body["tokens"], scores[method]), (method, scores[method])
     devices = ["television", "kettle", "console"]
     restricted = client.post("/v1/attribution", json={"text": SEED, "target": "kettle", "candidates": devices}).json()
     assert restricted["target"] == "kettle" and restricted["prob"] < 0.5
