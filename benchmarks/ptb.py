@@ -184,7 +184,8 @@ def plot(runs_dir: Path, out: Path) -> Path | None:
     """Validation perplexity against wall-clock minutes, one line per recorded run."""
     from matplotlib.figure import Figure
 
-    runs = [(name, r) for name, r in recorded(runs_dir) if "test_bits_per_char" not in r]  # perplexity per word
+    # per word, on the whole training text (the slices' rows are in the table)
+    runs = [(name, r) for name, r in recorded(runs_dir) if "test_bits_per_char" not in r and "pct" not in r["recipe"]]
     if not runs:
         return None
     fig = Figure(figsize=(7.5, 4.2), layout="constrained")

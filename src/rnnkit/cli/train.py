@@ -85,7 +85,7 @@ def _automatic(args: argparse.Namespace) -> bool:
         getattr(args, flag) is None for flag in FLAGS if flag not in NOT_SHAPE)
 
 
-def _auto_fields(args: argparse.Namespace, corpus: Any, train_fields: dict[str, Any]) -> tuple[dict, dict]:
+def _auto_fields(corpus: Any, train_fields: dict[str, Any]) -> tuple[dict, dict]:
     """The model and training fields the rule of `rnnkit.apps.lm.auto` chooses for this corpus,
     said on stderr; the flags given (budget, seed, device, ...) stay as given."""
     minutes = train_fields.get("max_minutes")
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 held.enter_context(lock_directory(out))  # a second `rnnkit train` on the same --out is refused here
                 remove_orphans(out)  # what a killed run left; no other writer is here now
                 corpus = _corpus(args, out, data)
-            chosen = _auto_fields(args, corpus, train_fields) if main and _automatic(args) else None
+            chosen = _auto_fields(corpus, train_fields) if main and _automatic(args) else None
         # the other processes open the corpus rank 0 built, on the file system they share, and take
         # the settings its rule chose (settings given differently are refused when training starts)
         args.resume, tokenizer, chosen = distributed.broadcast(
