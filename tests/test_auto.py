@@ -15,7 +15,7 @@ def fake_speed(config, batch_size, bptt, optimizer, device):
 
 
 @pytest.mark.parametrize("tokens, minutes, hidden, epochs", [
-    (50_000, 5, 200, 27),  # a small text: many passes
+    (50_000, 5, 200, 28),  # a small text: many passes
     (1_000_000, 30, 200, 8),
     (10_000_000, 5, 128, 1),  # too large for the budget: the narrowest, one (partial) epoch
 ])
@@ -26,7 +26,7 @@ def test_the_rule_takes_the_widest_model_that_gets_its_passes(tokens, minutes, h
     assert chosen.train["schedule"] == "cosine" and chosen.train["max_minutes"] == minutes
     wider = [h for h in auto.LADDER["word"] if h > hidden]
     if wider:  # the next width would not get the passes wanted
-        assert fake_speed(type("C", (), {"hidden_size": wider[0]}), 0, 0, 0, 0) * 60 * minutes * 0.9 / tokens \
+        assert fake_speed(type("C", (), {"hidden_size": wider[0]}), 0, 0, 0, 0) * 60 * minutes * (1 - auto.MARGIN) / tokens \
             < auto.target_passes(tokens)
     assert f"2x{hidden} LSTM" in chosen.summary
 
@@ -36,6 +36,16 @@ def test_smaller_texts_get_more_passes_and_more_dropout():
     large = auto.plan(2_000_000, "word", 10_000, 5, speed=lambda *a: 9_000)
     assert small.train["epochs"] > large.train["epochs"] and small.model["dropout"] > large.model["dropout"]
     assert 0 < large.model["dropout"] <= small.model["dropout"] <= 0.5
+
+
+def test_the_evaluation_after_every_epoch_is_paid_for_from_the_budget():
+    """A small text with a large validation text: 24 evaluations of 74k tokens cost a third of the
+    budget, which a rule counting training tokens alone spent on epochs the cosine never finished."""
+    alone = auto.plan(47_000, "word", 10_000, 3, speed=lambda *a: 7_000)
+    evaluated = auto.plan(47_000, "word", 10_000, 3, valid_tokens=74_000, speed=lambda *a: 7_000)
+    assert evaluated.train["epochs"] < alone.train["epochs"]
+    seconds = evaluated.train["epochs"] * (47_000 + auto.EVALUATION_COST * 74_000) / 7_000
+    assert seconds <= 60 * 3 * (1 - auto.MARGIN)  # every epoch and its evaluation fit
 
 
 def test_characters_train_with_adamw_in_long_windows():

@@ -95,7 +95,8 @@ def _auto_fields(corpus: Any, train_fields: dict[str, Any]) -> tuple[dict, dict]
     device = resolve_device(train_fields.get("device", "auto"))
     print("rnnkit: no model or training flags: measuring this machine to fit the model to the corpus and budget "
           "(see `rnnkit.apps.lm.auto`)", file=sys.stderr)
-    chosen = auto.plan(len(corpus.train), corpus.tokenizer.kind, corpus.tokenizer.vocab_size, minutes, device)
+    chosen = auto.plan(len(corpus.train), corpus.tokenizer.kind, corpus.tokenizer.vocab_size, minutes,
+                       len(corpus.valid), device)
     print(f"rnnkit: {chosen.summary}", file=sys.stderr)
     return chosen.model, {**chosen.train, **train_fields, "max_minutes": minutes}
 

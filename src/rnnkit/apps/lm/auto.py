@@ -11,8 +11,9 @@ The rule, from the training text's size N (tokens), its tokenizer, this machine 
    tokens a word, so it gets fewer passes than a word-level text of the same content, and a wider
    model, as character models want.
 3. The width: the largest H of the regime's ladder whose measured speed here (a few timed training
-   steps, tokens/s) gives P passes in the budget, less a tenth for evaluations; the smallest when
-   none does. Two layers.
+   steps, tokens/s) gives P passes in the budget, an epoch costing its training tokens plus a
+   third of the validation tokens (the evaluation after it: a forward pass, no backward), less a
+   twentieth of the budget for checkpoints and the start; the smallest H when none does. Two layers.
 4. Epochs: the passes the budget gives that width, rounded down (at least 1), with a cosine
    schedule over them. Dropout grows with them: 0.1 sqrt(epochs) for words, 0.05 sqrt(epochs) for
    characters, at most 0.5.
@@ -24,6 +25,7 @@ machine ends it early rather than late.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +40,8 @@ REGIME: dict[str, dict[str, Any]] = {
     "word": {"optimizer": "sgd", "lr": 20.0, "clip": 0.25, "batch_size": 20, "bptt": 35},
     "char": {"optimizer": "adamw", "lr": 2e-3, "clip": 1.0, "batch_size": 64, "bptt": 128},
 }
-EVALUATION_SHARE = 0.1  # of the budget, for the evaluations after every epoch
+MARGIN = 0.05  # of the budget: the start, checkpoints, the last evaluation
+EVALUATION_COST = 1 / 3  # of a training token's time, for a validation token (forward only)
 
 
 @dataclass(frozen=True)
@@ -69,13 +72,14 @@ def model_fields(regime: str, hidden: int, vocab_size: int, dropout: float) -> d
 def measure_speed(model_config: LMConfig, batch_size: int, bptt: int, optimizer: str,
                   device: torch.device = torch.device("cpu"), steps: int = 3) -> float:
     """Training tokens/s of this model on `device`: the best of `steps` timed steps after one
-    warm-up (forward, backward, optimizer step on random ids; the global RNG is left as it was)."""
+    warm-up, the median (forward, backward, optimizer step on random ids; the global RNG is left as
+    it was)."""
     rng = torch.get_rng_state()
     try:
         model = RNNLanguageModel(model_config).to(device).train()
         opt = (torch.optim.AdamW if optimizer == "adamw" else torch.optim.SGD)(model.parameters(), lr=1e-3)
         ids = torch.randint(0, model_config.vocab_size, (bptt + 1, batch_size), device=device)
-        best = math.inf
+        times = []
         for i in range(steps + 1):
             start = time.perf_counter()
             loss, _ = model.loss(ids[:-1], ids[1:])
@@ -85,32 +89,34 @@ def measure_speed(model_config: LMConfig, batch_size: int, bptt: int, optimizer:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i:
-                best = min(best, time.perf_counter() - start)
-        return batch_size * bptt / best
+                times.append(time.perf_counter() - start)
+        return batch_size * bptt / statistics.median(times)
     finally:
         torch.set_rng_state(rng)
 
 
-def plan(tokens: int, tokenizer_kind: str, vocab_size: int, minutes: float,
+def plan(tokens: int, tokenizer_kind: str, vocab_size: int, minutes: float, valid_tokens: int = 0,
          device: torch.device = torch.device("cpu"), speed: Any = measure_speed) -> Plan:
-    """The settings for `tokens` training tokens and `minutes` of training on `device` (see the
-    module's docstring); `speed(model_config, batch_size, bptt, optimizer, device)` gives tokens/s."""
+    """The settings for `tokens` training tokens (and `valid_tokens` evaluated after every epoch)
+    and `minutes` of training on `device` (see the module's docstring); `speed(model_config,
+    batch_size, bptt, optimizer, device)` gives training tokens/s."""
     regime = "char" if tokenizer_kind == "char" else "word"
     settings = REGIME[regime]
-    seconds = 60 * minutes * (1 - EVALUATION_SHARE)
+    seconds = 60 * minutes * (1 - MARGIN)
+    epoch = tokens + EVALUATION_COST * valid_tokens  # in training tokens' time
     want = target_passes(tokens)
     chosen: int | None = None
     rate = 0.0
     for hidden in LADDER[regime]:  # widths in increasing order: slower, so fewer passes
         measured = speed(LMConfig(**model_fields(regime, hidden, vocab_size, 0.0)),
                          settings["batch_size"], settings["bptt"], settings["optimizer"], device)
-        if chosen is not None and measured * seconds / tokens < want:
+        if chosen is not None and measured * seconds / epoch < want:
             break
         chosen, rate = hidden, measured
-        if rate * seconds / tokens < want:
+        if rate * seconds / epoch < want:
             break  # the narrowest already gets fewer passes than wanted
     assert chosen is not None  # the ladder is never empty
-    passes = rate * seconds / tokens
+    passes = rate * seconds / epoch
     epochs = max(1, int(passes))
     dropout = round(min(0.5, (0.05 if regime == "char" else 0.1) * math.sqrt(epochs)), 2)
     model = model_fields(regime, chosen, vocab_size, dropout)
