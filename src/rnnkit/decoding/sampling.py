@@ -46,7 +46,6 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
     return logits
 
 
-@torch.no_grad()
 def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One token from each row of probs (N, V): the first whose cumulative probability passes a
     uniform draw u, i.e. P(i) = p_i, as torch.multinomial draws, at a twentieth of its cost for
@@ -56,6 +55,7 @@ def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[1] - 1)  # (N,)
 
 
+@torch.no_grad()
 def sample(
     model: StepModel,
     log_probs: Tensor,
