@@ -85,9 +85,12 @@ def _automatic(args: argparse.Namespace) -> bool:
         getattr(args, flag) is None for flag in FLAGS if flag not in NOT_SHAPE)
 
 
-def _auto_fields(corpus: Any, train_fields: dict[str, Any]) -> tuple[dict, dict]:
+def _auto_fields(corpus: Any, train_fields: dict[str, Any]) -> tuple[dict, dict] | None:
     """The model and training fields the rule of `rnnkit.apps.lm.auto` chooses for this corpus,
-    said on stderr; the flags given (budget, seed, device, ...) stay as given."""
+    said on stderr; the flags given (budget, seed, device, ...) stay as given. None for a text too
+    short for one batch: the fixed defaults then say so in one line, with nothing measured."""
+    if not auto.fits(len(corpus.train), corpus.tokenizer.kind):
+        return None
     minutes = train_fields.get("max_minutes")
     if minutes is None:
         minutes = auto.DEFAULT_MINUTES

@@ -56,6 +56,12 @@ class Plan:
     summary: str
 
 
+def fits(tokens: int, tokenizer_kind: str) -> bool:
+    """Whether the regime's batch of B streams of T + 1 tokens can be cut from the text."""
+    settings = REGIME["char" if tokenizer_kind == "char" else "word"]
+    return tokens >= settings["batch_size"] * (settings["bptt"] + 1)
+
+
 def target_passes(tokens: int) -> float:
     """P = 6 (10^6 / N)^0.4, from 1 to 30 (step 2 of the rule)."""
     return min(30.0, max(1.0, 6 * (1e6 / max(tokens, 1)) ** 0.4))
@@ -101,7 +107,7 @@ def plan(tokens: int, tokenizer_kind: str, vocab_size: int, minutes: float, vali
     and `minutes` of training on `device` (see the module's docstring); `speed(model_config,
     batch_size, bptt, optimizer, device)` gives training tokens/s."""
     regime = "char" if tokenizer_kind == "char" else "word"
-    settings = REGIME[regime]
+    settings = REGIME[regime]  # fits(tokens, tokenizer_kind) is the caller's to check
     seconds = 60 * minutes * (1 - MARGIN)
     epoch = tokens + EVALUATION_COST * valid_tokens  # in training tokens' time
     want = target_passes(tokens)
