@@ -22,7 +22,6 @@ import json
 import math
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,14 +33,14 @@ from typing import Any
 import onnxruntime
 import torch
 
-from rnnkit import LMConfig, LMTrainConfig, RNNLanguageModel, predict_next, sample
+from rnnkit import LMConfig, LMTrainConfig, RNNLanguageModel
 from rnnkit.apps.lm.onnx import FOLDER, FP32, INT8, export_directory, load_onnx
 from rnnkit.apps.lm.task import TOKENIZER
 from rnnkit.data import BPTTBatches, encode_to_file, load_tokenizer
 from rnnkit.training import load_model
 from rnnkit.training.checkpoint import CONFIG, WEIGHTS, save_model
 
-from throughput import SEED, SHAPES, _tokenizer, machine_info, write_markdown  # the script beside this one
+from throughput import SEED, SHAPES, _tokenizer, machine_info, time_use, write_markdown  # the script beside this one
 
 RUNTIMES = ("torch", "onnx", "onnx-int8")
 STREAMS, WINDOW = 10, 35  # `rnnkit evaluate`'s streams and window
@@ -60,25 +59,8 @@ def bench_runtime(directory: str, runtime: str, threads: int, calls: int, length
     model, tokenizer = load(Path(directory), runtime, threads)
     ids = [i for i in random.Random(SEED).choices(range(tokenizer.vocab_size), k=40) if i != tokenizer.line_end_id]
     prompt = tokenizer.decode(ids[:20])
-    for _ in range(max(calls // 10, 2)):
-        predict_next(model, tokenizer, prompt, top_k=5)
-    latencies = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        predict_next(model, tokenizer, prompt, top_k=5)
-        latencies.append(1000 * (time.perf_counter() - start))
-    rates = []
-    for r in range(repeats):
-        start = time.perf_counter()
-        for _ in sample(model, tokenizer, prompt, length=length, temperature=1.0, seed=r):
-            pass
-        rates.append(length / (time.perf_counter() - start))
-    return {
-        "runtime": runtime, "calls": calls, "prompt_tokens": len(tokenizer.encode_prompt(prompt)),
-        "predict_median_ms": statistics.median(latencies),
-        "predict_p95_ms": statistics.quantiles(latencies, n=20, method="inclusive")[18],
-        "generated_tokens": length, "repeats": repeats, "sample_tokens_per_s": statistics.median(rates),
-    }
+    return {"runtime": runtime, "prompt_tokens": len(tokenizer.encode_prompt(prompt)),
+            **time_use(model, tokenizer, prompt, calls, length, repeats, {"sample": 1.0})}
 
 
 @torch.no_grad()

@@ -383,6 +383,15 @@ def bench_inference(cell: str, name: str, shape: Shape, calls: int, length: int,
     model = RNNLanguageModel(config).eval()
     tokenizer = _tokenizer(shape.vocab)
     prompt = " ".join(random.Random(SEED).choices([f"w{i}" for i in range(shape.vocab - 2)], k=20))
+    return {"cell": cell, "model": name, **asdict(shape), "prompt_words": 20,
+            **time_use(model, tokenizer, prompt, calls, length, repeats, {"sample": 1.0, "greedy": 0.0})}
+
+
+def time_use(model: Any, tokenizer: Any, prompt: str, calls: int, length: int, repeats: int,
+             temperatures: dict[str, float]) -> dict[str, Any]:
+    """`predict_next` latency over `calls` warm calls (median, p95) and, for each label ->
+    temperature, `sample` tokens/s over `length` tokens (the prompt's reading included; median of
+    `repeats`): "predict_median_ms", "predict_p95_ms", "<label>_tokens_per_s", ..."""
     for _ in range(max(calls // 10, 2)):
         predict_next(model, tokenizer, prompt, top_k=5)
     latencies = []
@@ -391,12 +400,11 @@ def bench_inference(cell: str, name: str, shape: Shape, calls: int, length: int,
         predict_next(model, tokenizer, prompt, top_k=5)
         latencies.append(1000 * (time.perf_counter() - start))
     result: dict[str, Any] = {
-        "cell": cell, "model": name, **asdict(shape), "prompt_words": 20, "calls": calls,
-        "predict_median_ms": statistics.median(latencies),
+        "calls": calls, "predict_median_ms": statistics.median(latencies),
         "predict_p95_ms": statistics.quantiles(latencies, n=20, method="inclusive")[18],
         "generated_tokens": length, "repeats": repeats,
     }
-    for label, temperature in (("sample", 1.0), ("greedy", 0.0)):
+    for label, temperature in temperatures.items():
         rates = []
         for r in range(repeats):
             start = time.perf_counter()
