@@ -1,12 +1,12 @@
 """Inference on the CPU, side by side: PyTorch float32, the ONNX export in onnxruntime (float32) and
-its int8 form (`rnnkit export MODEL --format onnx --int8`).
+its int8 and int4 forms (`rnnkit export MODEL --format onnx --int8 --int4`).
 
 For each runtime, in a fresh process as `rnnkit predict` runs: `predict_next` latency (median and
 p95 over --calls calls, a 20-token prompt, batch 1, warm) and `sample` tokens/s (temperature 1,
 --length tokens, the prompt's reading included, median of --repeats). With --text, the perplexity
 of each runtime over the text's first --tokens tokens, read through the decoding step with the state
-carried (the streams and windows of `rnnkit evaluate`, one token at a time): the cost of int8 in
-perplexity, on a trained model (--model).
+carried (the streams and windows of `rnnkit evaluate`, one token at a time): the cost of int8 and
+int4 in perplexity, on a trained model (--model).
 
     python benchmarks/inference.py [--model DIR] [--text FILE] [--tokens N] [--threads N] [--quick]
         [--json] [--markdown docs/benchmarks.md]
@@ -34,7 +34,7 @@ import onnxruntime
 import torch
 
 from rnnkit import LMConfig, LMTrainConfig, RNNLanguageModel
-from rnnkit.apps.lm.onnx import FOLDER, FP32, INT8, export_directory, load_onnx
+from rnnkit.apps.lm.onnx import FOLDER, GRAPHS, export_directory, load_onnx
 from rnnkit.apps.lm.task import TOKENIZER
 from rnnkit.data import BPTTBatches, encode_to_file, load_tokenizer
 from rnnkit.training import load_model
@@ -42,7 +42,7 @@ from rnnkit.training.checkpoint import CONFIG, WEIGHTS, save_model
 
 from throughput import SEED, SHAPES, _tokenizer, machine_info, time_use, write_markdown  # the script beside this one
 
-RUNTIMES = ("torch", "onnx", "onnx-int8")
+RUNTIMES = ("torch", "onnx", "onnx-int8", "onnx-int4")
 STREAMS, WINDOW = 10, 35  # `rnnkit evaluate`'s streams and window
 
 
@@ -51,7 +51,7 @@ def load(directory: Path, runtime: str, threads: int) -> tuple[Any, Any]:
     if runtime == "torch":
         torch.set_num_threads(threads)
         return load_model(directory, kind=RNNLanguageModel.kind)
-    return load_onnx(directory, int8=runtime == "onnx-int8", threads=threads)
+    return load_onnx(directory, runtime.partition("-")[2] or "float32", threads)
 
 
 def bench_runtime(directory: str, runtime: str, threads: int, calls: int, length: int, repeats: int) -> dict[str, Any]:
@@ -89,7 +89,7 @@ def in_fresh_process(spec: dict[str, Any]) -> dict[str, Any]:
 
 def prepare(folder: Path, source: Path | None, quick: bool) -> dict[str, Any]:
     """A model directory in `folder` (a copy of `source`, or random weights), exported to ONNX in
-    float32 and int8; returns its description."""
+    float32, int8 and int4; returns its description."""
     if source is None:
         shape = replace(SHAPES["medium"], hidden=32, vocab=200) if quick else SHAPES["medium"]
         torch.manual_seed(SEED)
@@ -101,13 +101,14 @@ def prepare(folder: Path, source: Path | None, quick: bool) -> dict[str, Any]:
         for name in (CONFIG, TOKENIZER, WEIGHTS):
             shutil.copy2(source / name, folder / name)
     start = time.perf_counter()
-    export_directory(folder, int8=True)
+    export_directory(folder, ["int8", "int4"])
     config = json.loads((folder / CONFIG).read_text())["model"]
     return {
         "model": str(source) if source else "random weights", "cell": config["cell"], "hidden": config["hidden_size"],
         "layers": config["num_layers"], "vocab": config["vocab_size"], "export_s": time.perf_counter() - start,
         "mb": {name: (folder / path).stat().st_size / 1e6 for name, path in
-               (("torch", WEIGHTS), ("onnx", f"{FOLDER}/{FP32}"), ("onnx-int8", f"{FOLDER}/{INT8}"))},
+               (("torch", WEIGHTS), *((f"onnx-{p}".removesuffix("-float32"), f"{FOLDER}/{name}")
+                                       for p, name in GRAPHS.items()))},
     }
 
 
@@ -123,8 +124,8 @@ def markdown_section(report: dict[str, Any]) -> str:
         f"batch 1: `predict_next` over {s['calls']} calls with a {report['runtimes'][0]['prompt_tokens']}-token "
         "prompt (warm), "
         f"`sample` of {s['length']} tokens at temperature 1 (the prompt's reading included; median of {s['repeats']}); "
-        "each runtime in a fresh process. onnx and onnx-int8 are `rnnkit export MODEL --format onnx --int8`, run "
-        "with `--runtime onnx|onnx-int8`."
+        "each runtime in a fresh process. onnx, onnx-int8 and onnx-int4 are `rnnkit export MODEL --format onnx "
+        "--int8 --int4`, run with `--runtime onnx|onnx-int8|onnx-int4`."
     )
     text = report.get("text")
     ppl = f" | perplexity, first {text['tokens']} tokens of {Path(text['file']).name}" if text else ""

@@ -164,14 +164,14 @@ def test_speech_quick_reports_error_rates_by_snr_with_and_without_the_lm(tmp_pat
 
 
 @pytest.mark.slow
-def test_inference_quick_compares_torch_onnx_and_int8(tmp_path):
+def test_inference_quick_compares_torch_onnx_int8_and_int4(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("".join(" ".join(f"w{(7 * i + j) % 150}" for j in range(20)) + "\n" for i in range(40)))
     done = _run("inference.py", "--quick", "--json", "--text", str(text), "--tokens", "400",
                 "--markdown", str(tmp_path / "b.md"))
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert [r["runtime"] for r in report["runtimes"]] == ["torch", "onnx", "onnx-int8"]
+    assert [r["runtime"] for r in report["runtimes"]] == ["torch", "onnx", "onnx-int8", "onnx-int4"]
     for r in report["runtimes"]:
         assert 0 < r["predict_median_ms"] <= r["predict_p95_ms"] and r["sample_tokens_per_s"] > 0
     perplexity = report["text"]["perplexity"]

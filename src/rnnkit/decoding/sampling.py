@@ -12,6 +12,8 @@ from torch import Tensor
 from ..configs import check_positive_integer
 from ..errors import ParameterError
 
+_TINY = torch.finfo(torch.float32).tiny
+
 
 class StepModel(Protocol):
     """What decoding needs of a model (see the package's docstring)."""
@@ -46,13 +48,14 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
     return logits
 
 
-def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """One token from each row of probs (N, V): the first whose cumulative probability passes a
-    uniform draw u, i.e. P(i) = p_i, as torch.multinomial draws, at a twentieth of its cost for
-    V = 10,000 (13 against 224 us); a token of probability 0 is never drawn (strictly greater)."""
-    cdf = probs.double().cumsum(-1)  # (N, V)
-    u = torch.rand(probs.shape[0], 1, dtype=cdf.dtype, device=cdf.device, generator=generator) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=probs.shape[1] - 1)  # (N,)
+def draw(weights: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One token from each row of weights (N, V) >= 0, not necessarily normalised: the first whose
+    cumulative weight passes u * total, u uniform, i.e. P(i) = w_i / sum(w), as torch.multinomial
+    draws, at a twentieth of its cost for V = 10,000 (13 against 224 us); a token of weight 0 is never
+    drawn (strictly greater)."""
+    cdf = weights.cumsum(-1)  # (N, V)
+    u = torch.rand(weights.shape[0], 1, dtype=cdf.dtype, device=cdf.device, generator=generator).mul_(cdf[:, -1:])
+    return torch.searchsorted(cdf, u, right=True)[:, 0].clamp_(max=weights.shape[1] - 1)  # (N,)
 
 
 @torch.no_grad()
@@ -81,8 +84,11 @@ def sample(
             tokens = log_probs.argmax(-1)
         else:
             # shifted so the likeliest is 0: any positive temperature, however small, stays finite
-            logits = (log_probs.double() - log_probs.double().amax(-1, keepdim=True)) / temperature
-            tokens = draw(filter_logits(logits, top_k, top_p).softmax(-1), generator)
+            # (one below float32's smallest normal number reads as that: greedy, as any so small);
+            # exp of it is softmax unnormalised, which `draw` takes as it is
+            logits = log_probs.float()
+            logits = (logits - logits.amax(-1, keepdim=True)).div_(max(temperature, _TINY))
+            tokens = draw(filter_logits(logits, top_k, top_p).exp_(), generator)
         if finished is not None:
             tokens = tokens.masked_fill(finished, eos_id)
             finished |= tokens == eos_id

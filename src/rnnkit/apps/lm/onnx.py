@@ -15,10 +15,13 @@ the TorchScript exporter is deprecated, and the torch.export-based one (which ne
 fixed the time axis at the example's length. int8 is onnxruntime's dynamic quantisation:
 LSTM -> DynamicQuantizeLSTM, the output layer's MatMul -> MatMulInteger, the embedding -> int8
 rows, with a scale per output row; a GRU's or Elman's recurrent weights stay float32 (onnxruntime
-has no quantised GRU or RNN node).
+has no quantised GRU or RNN node). int4 is int8 but for the output layer, the largest matrix (H x V),
+whose weights take 4 bits with a scale per block of 32 (MatMulNBits, made for one row at a time:
+decoding, where every step reads the whole matrix from memory).
 
     DIR/onnx/step.onnx         the float32 graph (matches PyTorch to 1e-4)
     DIR/onnx/step.int8.onnx    the int8 graph, when exported with int8
+    DIR/onnx/step.int4.onnx    the int4 graph, when exported with int4
     DIR/onnx/start.safetensors the calibrated start state (S, L, H) that prompts are read from
     DIR/onnx/export.json       what was exported from: the weights' sha256 and the model config
 
@@ -28,9 +31,11 @@ has no quantised GRU or RNN node).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +53,10 @@ from ...training.checkpoint import WEIGHTS, load_model, lock_directory, read_con
 from .model import LMConfig, RNNLanguageModel, require_eval
 from .task import TOKENIZER, check_vocabulary
 
-FOLDER, FP32, INT8, START, EXPORT = "onnx", "step.onnx", "step.int8.onnx", "start.safetensors", "export.json"
+FOLDER, START, EXPORT = "onnx", "start.safetensors", "export.json"
+GRAPHS = {"float32": "step.onnx", "int8": "step.int8.onnx", "int4": "step.int4.onnx"}  # precision -> file
+FP32 = GRAPHS["float32"]
+INT4_BLOCK = 32  # weights per int4 scale: 4 bits + a float16 scale per 32 is 4.5 bits a weight
 FORMAT, VERSION = "rnnkit-onnx", 1
 OPSET = 17  # onnxruntime >= 1.12 runs it; the graph needs 13 (Squeeze's axes as an input)
 
@@ -148,30 +156,57 @@ def build_graph(model: RNNLanguageModel) -> Any:
     return graph_model
 
 
-def export_onnx(model: RNNLanguageModel, path: str | Path, int8: bool = False) -> Path:
-    """Write the model's graph (see the module's docstring) to `path`, atomically; with `int8`,
-    dynamically quantised (int8 weights, a scale per output row)."""
+def export_onnx(model: RNNLanguageModel, path: str | Path, precision: str = "float32") -> Path:
+    """Write the model's graph (see the module's docstring) to `path`, atomically, in `precision`:
+    float32, int8 (dynamically quantised: int8 weights, a scale per output row) or int4 (int8, but
+    the output layer's weights in 4 bits, a scale per block of INT4_BLOCK)."""
+    if precision not in GRAPHS:
+        raise RnnkitError(f"precision must be one of {', '.join(GRAPHS)}, got {precision!r}")
     graph = build_graph(model)
-    if not int8:
+    if precision == "float32":
         return write_bytes(path, graph.SerializeToString())
-    _require("onnxruntime", "int8 quantisation")
+    _require("onnxruntime", f"{precision} quantisation")
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="rnnkit-onnx-") as tmp:
-        plain, prepared, quantized = Path(tmp, "plain.onnx"), Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
+    with tempfile.TemporaryDirectory(prefix="rnnkit-onnx-") as tmp, _quiet_logging():
+        plain, prepared, quantized = Path(tmp, "plain.onnx"), Path(tmp, "prepared.onnx"), Path(tmp, "quantized.onnx")
+        if precision == "int4":  # the output layer first: int8's quantiser then leaves its MatMulNBits node alone
+            from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+            quantizer = MatMulNBitsQuantizer(graph, bits=4, block_size=INT4_BLOCK, is_symmetric=True,
+                                             accuracy_level=4)  # 4: int8 activations, integer dot products
+            quantizer.process()
+            graph = quantizer.model.model
         write_bytes(plain, graph.SerializeToString())
-        quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)  # shapes for the quantiser
-        quantize_dynamic(prepared, quantized, per_channel=True, weight_type=QuantType.QInt8)
+        if precision == "int8":  # shapes for the quantiser (it cannot read a MatMulNBits node's, nor needs them)
+            quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)
+            plain = prepared
+        quantize_dynamic(plain, quantized, per_channel=True, weight_type=QuantType.QInt8)
         return write_bytes(path, quantized.read_bytes())
+
+
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """onnxruntime's quantisers log their progress and advice through `logging`: not for our users."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 # ---------------------------------------------------------------- a model directory's export
 
 
-def export_directory(directory: str | Path, int8: bool = False) -> list[Path]:
-    """Export the language model in `directory` into DIR/onnx (see the module's docstring); returns
-    the files written. The record goes last and is removed first, so an interrupted export is never
-    taken for a finished one."""
+def export_directory(directory: str | Path, quantised: Sequence[str] = ()) -> list[Path]:
+    """Export the language model in `directory` into DIR/onnx (see the module's docstring): the
+    float32 graph and one graph for each of `quantised` ("int8", "int4"); returns the files written.
+    The record goes last and is removed first, so an interrupted export is never taken for a
+    finished one."""
+    for precision in quantised:
+        if precision not in GRAPHS or precision == "float32":
+            raise RnnkitError(f"a quantised graph is int8 or int4, not {precision!r}")
     directory = Path(directory)
     folder = directory / FOLDER
     read_config(directory)  # a model directory, or an error, before the lock makes a folder
@@ -180,10 +215,11 @@ def export_directory(directory: str | Path, int8: bool = False) -> list[Path]:
         digest = file_digest(directory / WEIGHTS)
         (folder / EXPORT).unlink(missing_ok=True)
         written = [export_onnx(model, folder / FP32)]
-        if int8:
-            written.append(export_onnx(model, folder / INT8, int8=True))
-        else:
-            (folder / INT8).unlink(missing_ok=True)  # from an older export: its weights may be stale
+        for precision, name in GRAPHS.items():
+            if precision in quantised:
+                written.append(export_onnx(model, folder / name, precision))
+            elif precision != "float32":
+                (folder / name).unlink(missing_ok=True)  # from an older export: its weights may be stale
         write_tensors(folder / START, {"start": model.start})
         written.append(folder / START)
         written.append(write_json(folder / EXPORT, {
@@ -193,30 +229,33 @@ def export_directory(directory: str | Path, int8: bool = False) -> list[Path]:
     return written
 
 
-def _export_command(directory: Path, int8: bool) -> str:
-    return f"rnnkit export {directory} --format onnx" + (" --int8" if int8 else "")
+def _export_command(directory: Path, precision: str) -> str:
+    return f"rnnkit export {directory} --format onnx" + ("" if precision == "float32" else f" --{precision}")
 
 
-def load_onnx(directory: str | Path, int8: bool = False, threads: int = 1) -> tuple[OnnxLanguageModel, Tokenizer]:
-    """The ONNX export of the language model in `directory` (int8 or float32) and its tokenizer.
-    RnnkitError, saying the command to run, when there is no such export or the weights changed
-    since it was made."""
+def load_onnx(directory: str | Path, precision: str = "float32",
+              threads: int = 1) -> tuple[OnnxLanguageModel, Tokenizer]:
+    """The ONNX export of the language model in `directory` in `precision` (float32, int8, int4)
+    and its tokenizer. RnnkitError, saying the command to run, when there is no such export or the
+    weights changed since it was made."""
     directory = Path(directory)
     config = read_config(directory)
     if config["kind"] != RNNLanguageModel.kind:
         raise RnnkitError(f"{directory} holds a {config['kind']!r} model, not the 'lm' model asked for")
-    graph = directory / FOLDER / (INT8 if int8 else FP32)
+    if precision not in GRAPHS:
+        raise RnnkitError(f"precision must be one of {', '.join(GRAPHS)}, got {precision!r}")
+    graph = directory / FOLDER / GRAPHS[precision]
     record_path = directory / FOLDER / EXPORT
+    command = _export_command(directory, precision)
     if not record_path.exists() or not graph.exists():
-        raise RnnkitError(f"{directory} has no {'int8 ' if int8 else ''}ONNX export: run "
-                          f"`{_export_command(directory, int8)}` first")
+        raise RnnkitError(f"{directory} has no {'' if precision == 'float32' else precision + ' '}ONNX export: "
+                          f"run `{command}` first")
     record = read_json(record_path, "the ONNX export's record")
     if not isinstance(record, dict) or record.get("format") != FORMAT or graph.name not in record.get("graphs", []):
-        raise RnnkitError(f"{record_path} is not a finished rnnkit ONNX export: "
-                          f"run `{_export_command(directory, int8)}`")
+        raise RnnkitError(f"{record_path} is not a finished rnnkit ONNX export: run `{command}`")
     if record.get("model") != config["model"] or record.get("weights_sha256") != file_digest(directory / WEIGHTS):
         raise RnnkitError(f"the ONNX export in {directory / FOLDER} is older than the model's weights (retrained "
-                          f"since?): run `{_export_command(directory, int8)}` again")
+                          f"since?): run `{command}` again")
     tokenizer = load_tokenizer(directory / TOKENIZER)
     check_vocabulary(LMConfig.from_dict(config["model"]), tokenizer)
     start = read_tensors(directory / FOLDER / START, "the ONNX export's start state")["start"]
