@@ -171,7 +171,8 @@ def test_beam_one_is_greedy_and_attention_covers_the_grid(trained):
 
 @pytest.fixture(scope="module")
 def side_by_side(tmp_path_factory):
-    """A captioner trained for 5 epochs on scenes of two objects side by side."""
+    """A captioner trained for 3 epochs on scenes of two objects side by side (it swaps all of
+    114-132 mirrored pairs it names both ways after 3 epochs, 25 of 28 after 2, none after 1)."""
     root = tmp_path_factory.mktemp("side-by-side")
     rng = random.Random(3)
     for name, n in (("train", 2500), ("valid", 100)):
@@ -181,7 +182,7 @@ def side_by_side(tmp_path_factory):
     tokenizer = build_vocabulary(splits["train"])
     torch.set_num_threads(2)
     train(root / "model", splits, tokenizer, CaptionConfig(tokenizer.vocab_size),
-          CaptionTrainConfig(epochs=5, max_minutes=5, bleu_images=0, checkpoint_every=None))  # 1.5 minutes here
+          CaptionTrainConfig(epochs=3, max_minutes=5, bleu_images=0, checkpoint_every=None))  # a minute here
     torch.set_num_threads(1)
     return load_model(root / "model")
 
