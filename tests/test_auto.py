@@ -6,12 +6,13 @@ import pytest
 
 from rnnkit.apps.lm import auto
 from rnnkit.cli import main
+from rnnkit.training.loop import native_cpu_bf16
 
 from helpers import animal_corpus
 
 
-def fake_speed(config, batch_size, bptt, optimizer, device):
-    return 2e8 / config.hidden_size**2  # tokens/s: a width twice as wide is four times slower
+def fake_speed(config, batch_size, bptt, optimizer, device, bf16=False):
+    return (2 if bf16 else 1) * 2e8 / config.hidden_size**2  # tokens/s: twice as wide, four times slower
 
 
 @pytest.mark.parametrize("tokens, minutes, hidden, epochs", [
@@ -55,6 +56,14 @@ def test_characters_train_with_adamw_in_long_windows():
     assert "5.0M char tokens, 30 minutes" in chosen.summary
 
 
+def test_bf16_is_measured_and_trained_in_and_buys_a_wider_model():
+    plain = auto.plan(1_000_000, "word", 10_000, 30, speed=fake_speed)
+    fast = auto.plan(1_000_000, "word", 10_000, 30, bf16=True, speed=fake_speed)
+    assert fast.model["hidden_size"] > plain.model["hidden_size"]
+    assert fast.train["cpu_bf16"] is True and plain.train["cpu_bf16"] is False
+    assert "CPU threads in bf16 ->" in fast.summary and "bf16" not in plain.summary
+
+
 def test_measured_speed_is_positive_and_leaves_the_random_stream_alone():
     import torch
 
@@ -63,6 +72,7 @@ def test_measured_speed_is_positive_and_leaves_the_random_stream_alone():
     torch.manual_seed(0)
     config = auto.LMConfig(**auto.model_fields("word", 16, 50, 0.1))
     assert auto.measure_speed(config, 4, 8, "sgd", steps=1) > 0
+    assert auto.measure_speed(config, 4, 8, "sgd", bf16=True, steps=1) > 0
     assert torch.equal(torch.rand(3), expected)
 
 
@@ -74,6 +84,11 @@ def test_train_without_flags_says_the_rule_and_trains_within_the_budget(tmp_path
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["train"]["schedule"] == "cosine" and saved["train"]["max_minutes"] == 0.05
     assert saved["model"]["tie_weights"] is True
+    assert saved["train"]["cpu_bf16"] is native_cpu_bf16()  # bf16 where the CPU has AMX
+    assert main(["train", "--data", str(text), "--out", str(tmp_path / "f"), "--max-minutes", "0.05", "--no-cpu-bf16",
+                 "--quiet"]) == 0
+    assert "measuring this machine" in capsys.readouterr().err  # the rule still chooses, in float32
+    assert json.loads((tmp_path / "f" / "config.json").read_text())["train"]["cpu_bf16"] is False
 
 
 def test_any_model_flag_turns_the_rule_off(tmp_path, capsys):

@@ -46,6 +46,18 @@ def test_learns_far_better_than_a_unigram_model(trained):
     assert [r["step"] for r in summary["history"]] == sorted(r["step"] for r in summary["history"])
 
 
+def test_cpu_bf16_multiplies_in_bf16_and_learns_as_float32_does(trained, tmp_path):
+    root, corpus, summary = trained
+    config = LMTrainConfig(epochs=6, batch_size=8, bptt=12, optimizer="adamw", lr=0.01, checkpoint_every=None,
+                           cpu_bf16=True)
+    bf16 = train(tmp_path / "model", corpus, LMConfig(vocab_size=corpus.tokenizer.vocab_size, hidden_size=48,
+                                                      num_layers=1), config)
+    ours, theirs = load_file(tmp_path / "model" / "model.safetensors"), load_file(root / "model" / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in ours.values())  # the weights stay float32
+    assert not all(torch.equal(ours[name], theirs[name]) for name in theirs)  # bf16's rounding took part
+    assert abs(bf16["best_valid"] - summary["best_valid"]) < 0.05, (bf16["best_valid"], summary["best_valid"])
+
+
 @pytest.mark.parametrize("animal", sorted(ANIMALS))
 def test_predict_puts_the_certain_continuation_first(trained, animal):
     root, _, _ = trained

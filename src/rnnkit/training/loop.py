@@ -88,6 +88,7 @@ class TrainConfig(JSONConfig):
     device: str = "auto"  # "auto" (cuda when present), or a torch device: "cpu", "cuda", "cuda:1"
     max_minutes: float | None = None  # stop (and save) after this much training time
     bf16: bool = True  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on the CPU: fast where it has AMX (`native_cpu_bf16`), slow elsewhere
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
@@ -111,6 +112,7 @@ class TrainConfig(JSONConfig):
         if self.lr_decay > 1:
             raise ParameterError("lr_decay", f"must be in (0, 1], got {self.lr_decay!r}")
         check.boolean("bf16")
+        check.boolean("cpu_bf16")
 
     @property
     def learning_rate(self) -> float:
@@ -122,7 +124,7 @@ class TrainConfig(JSONConfig):
 # optimizer, the batches, the seed) would make another run.
 RESUMABLE_CHANGES = {
     "epochs", "max_minutes", "device", "eval_every", "checkpoint_every", "log_every", "early_stop", "eval_batch_size",
-    "bf16", "lr", "clip", "weight_decay", "schedule", "lr_decay", "decay_start", "patience",
+    "bf16", "cpu_bf16", "lr", "clip", "weight_decay", "schedule", "lr_decay", "decay_start", "patience",
 }
 SCHEDULE_FIELDS = ("schedule", "lr_decay", "decay_start", "patience")  # another value: another schedule
 
@@ -230,6 +232,14 @@ def resolve_device(name: str) -> torch.device:
     except (RuntimeError, AssertionError, TypeError) as error:
         raise ParameterError("device", f"{name!r} is not available here: {str(error).splitlines()[0]}") from None
     return device
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX tiles: Intel Xeon from Sapphire
+    Rapids on), where bf16 autocast trains an LSTM 1.5-2.7 times as fast as float32 (measured on 2
+    cores); elsewhere bf16 is emulated, and slower."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # PyTorch's own check; private, so looked up
+    return bool(probe is not None and probe())
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -638,7 +648,10 @@ class _Run:
 
     def _train(self) -> dict[str, Any]:
         config, st = self.config, self.st
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and config.bf16)
+        # matrix products in bf16, weights, optimizer and evaluation in float32
+        precision = {"cuda": config.bf16, "cpu": config.cpu_bf16}
+        autocast = torch.autocast(self.device.type if self.device.type in precision else "cpu", dtype=torch.bfloat16,
+                                  enabled=precision.get(self.device.type, False))
         self.report("start", {"steps": self.total_steps, "step": st.step, "batches": self.per_epoch,
                               "device": str(self.device), "world_size": self.world_size})
         self.model.train()
