@@ -164,6 +164,23 @@ def test_speech_quick_reports_error_rates_by_snr_with_and_without_the_lm(tmp_pat
 
 
 @pytest.mark.slow
+def test_precision_quick_compares_float32_and_bf16_speed_and_loss(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. " * 40)
+    done = _run("precision.py", "--quick", "--json", "--text", str(text), "--steps", "20",
+                "--markdown", str(tmp_path / "b.md"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    (row,) = report["speed"]
+    assert row["float32_tokens_per_s"] > 0 and row["bf16_tokens_per_s"] > 0
+    quality = report["quality"]
+    for precision in ("float32", "bf16"):  # learning: below the uniform loss over 50 characters
+        assert quality[precision]["loss_last"] < math.log(50) - 0.2, quality
+    assert abs(quality["bf16"]["loss_last"] - quality["float32"]["loss_last"]) < 0.05
+    assert "## bf16 autocast on the CPU" in (tmp_path / "b.md").read_text()
+
+
+@pytest.mark.slow
 def test_inference_quick_compares_torch_onnx_int8_and_int4(tmp_path):
     text = tmp_path / "text.txt"
     text.write_text("".join(" ".join(f"w{(7 * i + j) % 150}" for j in range(20)) + "\n" for i in range(40)))

@@ -14,9 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export", help="export a language model to ONNX, for --runtime onnx",
         description="Write MODEL/onnx/step.onnx (token ids and state -> log-probabilities and state, run by "
         "onnxruntime; `rnnkit predict|generate --runtime onnx`), with --int8 also step.int8.onnx "
-        "(int8 weights, dynamic quantisation; `--runtime onnx-int8`), with --int4 also step.int4.onnx (int8, but "
-        "the output layer in 4 bits: the fastest to sample from; `--runtime onnx-int4`). Export again after training again: "
-        "an export older than the weights is refused.",
+        "(int8 weights, dynamic quantisation; `--runtime onnx-int8`), with --int4 also step.int4.onnx (int8, "
+        "but the output layer in 4 bits: the fastest to sample from; `--runtime onnx-int4`). Export again after "
+        "training again: an export older than the weights is refused.",
     )
     p.add_argument("model", type=Path, help="model directory")
     p.add_argument("--format", choices=("onnx",), default="onnx", help="the one format so far (default: %(default)s)")

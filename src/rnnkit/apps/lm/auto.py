@@ -109,8 +109,8 @@ def measure_speed(model_config: LMConfig, batch_size: int, bptt: int, optimizer:
 def plan(tokens: int, tokenizer_kind: str, vocab_size: int, minutes: float, valid_tokens: int = 0,
          device: torch.device = torch.device("cpu"), bf16: bool = False, speed: Any = measure_speed) -> Plan:
     """The settings for `tokens` training tokens (and `valid_tokens` evaluated after every epoch)
-    and `minutes` of training on `device`, with bf16 autocast or not (see the module's docstring); `speed(model_config, batch_size, bptt, optimizer, device, bf16)` gives training
-    tokens/s."""
+    and `minutes` of training on `device`, with bf16 autocast or not (see the module's docstring);
+    `speed(model_config, batch_size, bptt, optimizer, device, bf16)` gives training tokens/s."""
     regime = "char" if tokenizer_kind == "char" else "word"
     settings = REGIME[regime]  # fits(tokens, tokenizer_kind) is the caller's to check
     seconds = 60 * minutes * (1 - MARGIN)
@@ -134,7 +134,8 @@ def plan(tokens: int, tokenizer_kind: str, vocab_size: int, minutes: float, vali
     train = {**settings, "epochs": epochs, "schedule": "cosine", "max_minutes": minutes,
              **({"cpu_bf16": bf16} if device.type == "cpu" else {})}
     size = f"{tokens / 1e6:.1f}M" if tokens >= 1e6 else f"{tokens / 1e3:.0f}k"
-    where = (f"{torch.get_num_threads()} CPU threads" if device.type == "cpu" else str(device)) + (" in bf16" if bf16 else "")
+    where = f"{torch.get_num_threads()} CPU threads" if device.type == "cpu" else str(device)
+    where += " in bf16" if bf16 else ""
     tied = "tied" if model["tie_weights"] else f"E {model['embedding_size']}"
     summary = (f"{size} {regime} tokens, {minutes:g} minutes on {where} -> 2x{chosen} LSTM, {tied}, dropout "
                f"{dropout:g}, {epochs} epoch{'s' if epochs > 1 else ''} (cosine), {settings['optimizer']} lr "
