@@ -236,7 +236,7 @@ def resolve_device(name: str) -> torch.device:
 
 def native_cpu_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (AMX tiles: Intel Xeon from Sapphire
-    Rapids on), where bf16 autocast trains an LSTM 1.5-2.7 times as fast as float32 (measured on 2
+    Rapids on), where bf16 autocast trains an LSTM 1.5-2.5 times as fast as float32 (measured on 2
     cores); elsewhere bf16 is emulated, and slower."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # PyTorch's own check; private, so looked up
     return bool(probe is not None and probe())

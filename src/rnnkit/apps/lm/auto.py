@@ -18,7 +18,7 @@ The rule, from the training text's size N (tokens), its tokenizer, this machine 
    schedule over them. Dropout grows with them: 0.1 sqrt(epochs) for words, 0.05 sqrt(epochs) for
    characters, at most 0.5.
 5. Precision: matrix products in bf16 (autocast; weights and optimizer in float32) on a GPU, and on
-   a CPU that multiplies bf16 in hardware (AMX, `native_cpu_bf16`), where it trains 1.5-2.7 times as
+   a CPU that multiplies bf16 in hardware (AMX, `native_cpu_bf16`), where it trains 1.5-2.5 times as
    many tokens a second (the speeds of step 3 are measured in it), so the same budget buys a wider
    model or more passes; float32 on other CPUs. `--no-cpu-bf16` keeps float32.
 
