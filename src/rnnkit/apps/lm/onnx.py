@@ -171,6 +171,7 @@ def export_onnx(model: RNNLanguageModel, path: str | Path, precision: str = "flo
     with tempfile.TemporaryDirectory(prefix="rnnkit-onnx-") as tmp, _quiet_logging():
         plain, prepared, quantized = Path(tmp, "plain.onnx"), Path(tmp, "prepared.onnx"), Path(tmp, "quantized.onnx")
         if precision == "int4":  # the output layer first: int8's quantiser then leaves its MatMulNBits node alone
+            _require("onnx_ir", "int4 quantisation")  # onnxruntime's quantiser needs it, and does not say so
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
             quantizer = MatMulNBitsQuantizer(graph, bits=4, block_size=INT4_BLOCK, is_symmetric=True,
