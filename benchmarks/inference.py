@@ -34,7 +34,7 @@ import onnxruntime
 import torch
 
 from rnnkit import LMConfig, LMTrainConfig, RNNLanguageModel
-from rnnkit.apps.lm.onnx import FOLDER, GRAPHS, export_directory, load_onnx
+from rnnkit.apps.lm.onnx import FOLDER, GRAPHS, RUNTIMES as ONNX_RUNTIMES, export_directory, load_onnx
 from rnnkit.apps.lm.task import TOKENIZER
 from rnnkit.data import BPTTBatches, encode_to_file, load_tokenizer
 from rnnkit.training import load_model
@@ -42,7 +42,7 @@ from rnnkit.training.checkpoint import CONFIG, WEIGHTS, save_model
 
 from throughput import SEED, SHAPES, _tokenizer, machine_info, time_use, write_markdown  # the script beside this one
 
-RUNTIMES = ("torch", "onnx", "onnx-int8", "onnx-int4")
+RUNTIMES = ("torch", *ONNX_RUNTIMES)
 STREAMS, WINDOW = 10, 35  # `rnnkit evaluate`'s streams and window
 
 
@@ -51,7 +51,7 @@ def load(directory: Path, runtime: str, threads: int) -> tuple[Any, Any]:
     if runtime == "torch":
         torch.set_num_threads(threads)
         return load_model(directory, kind=RNNLanguageModel.kind)
-    return load_onnx(directory, runtime.partition("-")[2] or "float32", threads)
+    return load_onnx(directory, ONNX_RUNTIMES[runtime], threads)
 
 
 def bench_runtime(directory: str, runtime: str, threads: int, calls: int, length: int, repeats: int) -> dict[str, Any]:
@@ -107,8 +107,7 @@ def prepare(folder: Path, source: Path | None, quick: bool) -> dict[str, Any]:
         "model": str(source) if source else "random weights", "cell": config["cell"], "hidden": config["hidden_size"],
         "layers": config["num_layers"], "vocab": config["vocab_size"], "export_s": time.perf_counter() - start,
         "mb": {name: (folder / path).stat().st_size / 1e6 for name, path in
-               (("torch", WEIGHTS), *((f"onnx-{p}".removesuffix("-float32"), f"{FOLDER}/{name}")
-                                       for p, name in GRAPHS.items()))},
+               (("torch", WEIGHTS), *((r, f"{FOLDER}/{GRAPHS[p]}") for r, p in ONNX_RUNTIMES.items()))},
     }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import tempfile
 
 from ..apps.lm import RNNLanguageModel, beam_search, evaluate, predict_next, sample
-from ..apps.lm.onnx import OnnxLanguageModel, load_onnx
+from ..apps.lm.onnx import RUNTIMES, OnnxLanguageModel, load_onnx
 from ..data import encode_to_file
 from ..errors import RnnkitError
 from ..training import load_model, resolve_device
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _runtime_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", choices=("torch", "onnx", "onnx-int8", "onnx-int4"), default="torch",
+    p.add_argument("--runtime", choices=("torch", *RUNTIMES), default="torch",
                    help="run the model in PyTorch, or its ONNX export in onnxruntime (float32; int8 or int4: faster, "
                    "slightly less accurate; made by `rnnkit export MODEL --format onnx [--int8] [--int4]`) "
                    "(default: %(default)s)")
@@ -60,7 +60,7 @@ def _load(args: argparse.Namespace) -> tuple[RNNLanguageModel | OnnxLanguageMode
     """The language model to run, as --runtime asks, and its tokenizer."""
     if args.runtime == "torch":
         return load_model(args.model, kind=RNNLanguageModel.kind)
-    return load_onnx(args.model, args.runtime.partition("-")[2] or "float32")
+    return load_onnx(args.model, RUNTIMES[args.runtime])
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

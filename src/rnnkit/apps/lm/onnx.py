@@ -56,6 +56,7 @@ from .task import TOKENIZER, check_vocabulary
 FOLDER, START, EXPORT = "onnx", "start.safetensors", "export.json"
 GRAPHS = {"float32": "step.onnx", "int8": "step.int8.onnx", "int4": "step.int4.onnx"}  # precision -> file
 FP32 = GRAPHS["float32"]
+RUNTIMES = {"onnx": "float32", "onnx-int8": "int8", "onnx-int4": "int4"}  # `--runtime` -> precision
 INT4_BLOCK = 32  # weights per int4 scale: 4 bits + a float16 scale per 32 is 4.5 bits a weight
 FORMAT, VERSION = "rnnkit-onnx", 1
 OPSET = 17  # onnxruntime >= 1.12 runs it; the graph needs 13 (Squeeze's axes as an input)
@@ -160,8 +161,7 @@ def export_onnx(model: RNNLanguageModel, path: str | Path, precision: str = "flo
     """Write the model's graph (see the module's docstring) to `path`, atomically, in `precision`:
     float32, int8 (dynamically quantised: int8 weights, a scale per output row) or int4 (int8, but
     the output layer's weights in 4 bits, a scale per block of INT4_BLOCK)."""
-    if precision not in GRAPHS:
-        raise RnnkitError(f"precision must be one of {', '.join(GRAPHS)}, got {precision!r}")
+    _check_precision(precision)
     graph = build_graph(model)
     if precision == "float32":
         return write_bytes(path, graph.SerializeToString())
@@ -184,6 +184,11 @@ def export_onnx(model: RNNLanguageModel, path: str | Path, precision: str = "flo
             plain = prepared
         quantize_dynamic(plain, quantized, per_channel=True, weight_type=QuantType.QInt8)
         return write_bytes(path, quantized.read_bytes())
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in GRAPHS:
+        raise RnnkitError(f"precision must be one of {', '.join(GRAPHS)}, got {precision!r}")
 
 
 @contextlib.contextmanager
@@ -243,8 +248,7 @@ def load_onnx(directory: str | Path, precision: str = "float32",
     config = read_config(directory)
     if config["kind"] != RNNLanguageModel.kind:
         raise RnnkitError(f"{directory} holds a {config['kind']!r} model, not the 'lm' model asked for")
-    if precision not in GRAPHS:
-        raise RnnkitError(f"precision must be one of {', '.join(GRAPHS)}, got {precision!r}")
+    _check_precision(precision)
     graph = directory / FOLDER / GRAPHS[precision]
     record_path = directory / FOLDER / EXPORT
     command = _export_command(directory, precision)
