@@ -12,12 +12,13 @@ from helpers import animal_corpus
 
 
 def fake_speed(config, batch_size, bptt, optimizer, device, bf16=False):
-    return (2 if bf16 else 1) * 2e8 / config.hidden_size**2  # tokens/s: twice as wide, four times slower
+    train = (2 if bf16 else 1) * 1e9 / config.hidden_size**2  # tokens/s: twice as wide, four times slower
+    return auto.Speed(train, 3 * train)
 
 
 @pytest.mark.parametrize("tokens, minutes, hidden, epochs", [
-    (50_000, 5, 200, 28),  # a small text: many passes
-    (1_000_000, 30, 200, 8),
+    (50_000, 5, 300, 63),  # a small text: many passes
+    (1_000_000, 30, 300, 19),
     (10_000_000, 5, 128, 1),  # too large for the budget: the narrowest, one (partial) epoch
 ])
 def test_the_rule_takes_the_widest_model_that_gets_its_passes(tokens, minutes, hidden, epochs):
@@ -27,32 +28,46 @@ def test_the_rule_takes_the_widest_model_that_gets_its_passes(tokens, minutes, h
     assert chosen.train["schedule"] == "cosine" and chosen.train["max_minutes"] == minutes
     wider = [h for h in auto.LADDER["word"] if h > hidden]
     if wider:  # the next width would not get the passes wanted
-        assert fake_speed(type("C", (), {"hidden_size": wider[0]}), 0, 0, 0, 0) * 60 * minutes * (1 - auto.MARGIN) / tokens \
-            < auto.target_passes(tokens)
+        assert fake_speed(type("C", (), {"hidden_size": wider[0]}), 0, 0, 0, 0).train * 60 * minutes \
+            * (1 - auto.MARGIN) / tokens < auto.target_passes(tokens)
     assert f"2x{hidden} LSTM" in chosen.summary
 
 
-def test_smaller_texts_get_more_passes_and_more_dropout():
-    small = auto.plan(50_000, "word", 10_000, 5, speed=lambda *a: 9_000)
-    large = auto.plan(2_000_000, "word", 10_000, 5, speed=lambda *a: 9_000)
+def test_smaller_texts_get_more_passes_and_more_regularisation():
+    small = auto.plan(50_000, "word", 10_000, 5, speed=lambda *a: auto.Speed(9_000, 27_000))
+    large = auto.plan(2_000_000, "word", 10_000, 5, speed=lambda *a: auto.Speed(9_000, 27_000))
     assert small.train["epochs"] > large.train["epochs"] and small.model["dropout"] > large.model["dropout"]
     assert 0 < large.model["dropout"] <= small.model["dropout"] <= 0.5
 
 
-def test_the_evaluation_after_every_epoch_is_paid_for_from_the_budget():
+def test_words_get_awd_regularisers_that_grow_with_width_and_passes():
+    chosen = auto.plan(1_000_000, "word", 10_000, 30, speed=fake_speed)
+    s = chosen.model["dropout"]
+    assert s == auto.strength("word", 300, 19) == 0.38  # 0.1 sqrt(19 * 300 / 400)
+    assert chosen.model["variational"] and chosen.model["dropout_input"] == s
+    assert chosen.model["weight_drop"] == pytest.approx(0.75 * s)
+    assert chosen.model["dropout_embedding"] == pytest.approx(s / 4)
+    assert "AWD regularisers at 0.38" in chosen.summary
+    assert auto.strength("word", 200, 6) < auto.strength("word", 800, 6) < auto.strength("word", 800, 12)
+    assert auto.strength("word", 1500, 40) == 0.5  # at most 0.5
+
+
+def test_the_evaluation_after_every_epoch_is_paid_for_at_its_measured_speed():
     """A small text with a large validation text: 24 evaluations of 74k tokens cost a third of the
     budget, which a rule counting training tokens alone spent on epochs the cosine never finished."""
-    alone = auto.plan(47_000, "word", 10_000, 3, speed=lambda *a: 7_000)
-    evaluated = auto.plan(47_000, "word", 10_000, 3, valid_tokens=74_000, speed=lambda *a: 7_000)
+    alone = auto.plan(47_000, "word", 10_000, 3, speed=lambda *a: auto.Speed(7_000, 14_000))
+    evaluated = auto.plan(47_000, "word", 10_000, 3, valid_tokens=74_000, speed=lambda *a: auto.Speed(7_000, 14_000))
     assert evaluated.train["epochs"] < alone.train["epochs"]
-    seconds = evaluated.train["epochs"] * (47_000 + auto.EVALUATION_COST * 74_000) / 7_000
+    seconds = evaluated.train["epochs"] * (47_000 / 7_000 + 74_000 / 14_000)
     assert seconds <= 60 * 3 * (1 - auto.MARGIN)  # every epoch and its evaluation fit
 
 
-def test_characters_train_with_adamw_in_long_windows():
-    chosen = auto.plan(5_000_000, "char", 50, 30, speed=lambda *a: 10_000)
+def test_characters_train_with_adamw_in_long_windows_and_plain_dropout():
+    chosen = auto.plan(5_000_000, "char", 50, 30, speed=lambda *a: auto.Speed(10_000, 30_000))
     assert chosen.train["optimizer"] == "adamw" and chosen.train["bptt"] == 128 and chosen.train["batch_size"] == 64
     assert not chosen.model["tie_weights"] and chosen.model["embedding_size"] == 128
+    assert chosen.model["dropout"] == auto.strength("char", 256, chosen.train["epochs"]) > 0
+    assert "weight_drop" not in chosen.model and "variational" not in chosen.model
     assert "5.0M char tokens, 30 minutes" in chosen.summary
 
 
@@ -64,15 +79,15 @@ def test_bf16_is_measured_and_trained_in_and_buys_a_wider_model():
     assert "CPU threads in bf16 ->" in fast.summary and "bf16" not in plain.summary
 
 
-def test_measured_speed_is_positive_and_leaves_the_random_stream_alone():
+def test_measured_speeds_are_positive_and_leave_the_random_stream_alone():
     import torch
 
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
     config = auto.LMConfig(**auto.model_fields("word", 16, 50, 0.1))
-    assert auto.measure_speed(config, 4, 8, "sgd", steps=1) > 0
-    assert auto.measure_speed(config, 4, 8, "sgd", bf16=True, steps=1) > 0
+    assert min(auto.measure_speed(config, 4, 8, "sgd", steps=1)) > 0
+    assert min(auto.measure_speed(config, 4, 8, "sgd", bf16=True, steps=1)) > 0
     assert torch.equal(torch.rand(3), expected)
 
 
