@@ -144,7 +144,11 @@ def _model(r: dict) -> str:
     if not m:
         return "-"
     embedding = "tied" if m.get("tie_weights") else f"E {m.get('embedding_size') or m['hidden_size']}"
-    return f"{m['num_layers']}x{m['hidden_size']} {m['cell']}, {embedding}, dropout {m.get('dropout', 0):g}"
+    awd = [f"{name} {m[field]:g}" for name, field in (("input", "dropout_input"), ("embedding", "dropout_embedding"),
+                                                       ("weight drop", "weight_drop")) if m.get(field)]
+    awd += ["variational"] * bool(m.get("variational"))
+    return (f"{m['num_layers']}x{m['hidden_size']} {m['cell']}, {embedding}, dropout {m.get('dropout', 0):g}"
+            + "".join(f", {part}" for part in awd))
 
 
 def _published(recipe: str) -> str:
