@@ -84,10 +84,9 @@ def fits(tokens: int, tokenizer_kind: str) -> bool:
     return tokens >= settings["batch_size"] * (settings["bptt"] + 1)
 
 
-def target_passes(tokens: int, tokenizer_kind: str = "word") -> float:
+def target_passes(tokens: int, regime: str = "word") -> float:
     """P = c (10^6 / N)^0.4, from 1 to 40 (step 2 of the rule)."""
-    c = PASSES["char" if tokenizer_kind == "char" else "word"]
-    return min(40.0, max(1.0, c * (1e6 / max(tokens, 1)) ** 0.4))
+    return min(40.0, max(1.0, PASSES[regime] * (1e6 / max(tokens, 1)) ** 0.4))
 
 
 def strength(regime: str, hidden: int, epochs: int) -> float:
