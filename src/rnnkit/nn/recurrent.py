@@ -13,7 +13,7 @@ has one, and the loop otherwise (a cell registered by a user).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NamedTuple
 
@@ -293,6 +293,14 @@ class Recurrent(nn.Module):
             w = cell.flat_weights()
             weights += w if W is None else [w[0], W, *w[2:]]
         T, B, D, L = x.shape[0], x.shape[1], self.num_directions, self.num_layers
+        if lengths is not None and x.device.type == "cpu" and not self.has_cell_state:
+            # ATen runs a packed batch through a slow generic loop on a CPU (3 bidirectional GRU
+            # layers of 160, T 150, B 32, forward and backward: 0.99 s packed, 0.45 s padded layer by
+            # layer here); a state that is h alone can be read off the outputs, an LSTM's c cannot
+            per_cell = len(weights) // len(self.cells)
+            return self._layerwise(x, state, lengths, lambda k, seq, h0: kernel(
+                seq, h0[None], weights[k * per_cell : (k + 1) * per_cell], self.bias, 1, 0.0,
+                self.training, False, False)[0])
         per_layer = len(weights) // L
         packed = None
         if lengths is not None:
@@ -329,9 +337,19 @@ class Recurrent(nn.Module):
         return x, (final[0], final[1]) if self.has_cell_state else final[0]
 
     def _scan(self, x: Tensor, state: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Every layer and direction of a ScanCell over the whole sequence at once. A backward
-        direction reads each sequence reversed within its own length."""
-        T, D = x.shape[0], self.num_directions
+        """Every layer and direction of a ScanCell over the whole sequence at once."""
+        valid = None if lengths is None else (torch.arange(x.shape[0], device=x.device)[:, None] < lengths)[..., None]
+        return self._layerwise(x, state, lengths, lambda k, seq, h0: self.cells[k].scan(seq, h0, valid))
+
+    def _layerwise(
+        self, x: Tensor, state: Tensor, lengths: Tensor | None, run: Callable[[int, Tensor, Tensor], Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Layer after layer, direction after direction, `run(k, x (T, B, E), h_0 (B, H))` gives
+        layer-direction k's h at every step (T, B, H). A backward direction reads each sequence
+        reversed within its own length, so every sequence's last valid step holds its final state,
+        whatever the steps past its end computed."""
+        T, B, D = x.shape[0], x.shape[1], self.num_directions
+        last = torch.full((1, B, 1), T - 1, device=x.device) if lengths is None else (lengths - 1).view(1, B, 1)
         valid = None if lengths is None else (torch.arange(T, device=x.device)[:, None] < lengths)[..., None]
         order = None if D == 1 else _reversal(T, lengths, x.device)  # (T, B, 1), its own inverse
         layer_input, finals = x, []
@@ -340,13 +358,13 @@ class Recurrent(nn.Module):
             for direction in range(D):
                 k = layer * D + direction
                 seq = layer_input if direction == 0 else _reorder(layer_input, order)
-                h = self.cells[k].scan(seq, state[k], valid)  # (T, B, H), held past each end
-                finals.append(h[-1])
+                h = run(k, seq, state[k])  # (T, B, H)
+                finals.append(h.gather(0, last.expand(-1, -1, h.shape[-1]))[0])
                 h = h if valid is None else h * valid
                 outputs.append(h if direction == 0 else _reorder(h, order))
             layer_input = torch.cat(outputs, dim=-1) if D == 2 else outputs[0]  # (T, B, D*H)
             if layer < self.num_layers - 1 and self.dropout > 0:
-                layer_input = self._between_layers(layer_input, (1, x.shape[1], layer_input.shape[-1]))
+                layer_input = self._between_layers(layer_input, (1, B, layer_input.shape[-1]))
         return layer_input, torch.stack(finals)  # (L*D, B, H)
 
     def _reference(
