@@ -4,6 +4,7 @@ never reach a checkpoint."""
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -193,6 +194,25 @@ def test_resuming_at_another_rate_scales_the_schedule_where_it_stands(tmp_path, 
         assert resumed[0] == pytest.approx(0.3 * (1 + math.cos(math.pi * 15 / 20)) / 2)
     saved = json.loads((tmp_path / "m" / "config.json").read_text())["train"]
     assert saved["lr"] == 0.3  # the directory says how the run goes on
+
+
+def test_a_time_budget_that_ends_first_anneals_the_cosine_by_its_end():
+    """1,000 steps would take far longer than the 1.2 s budget: the rate follows the clock down to 0
+    instead of staying near lr_0, as the cosine over the steps alone would leave it."""
+
+    class Slow(RegressionTask):
+        def loss(self, model, batch, state):
+            time.sleep(0.01)
+            return super().loss(model, batch, state)
+
+    lrs = []
+    config = TrainConfig(epochs=100, batch_size=8, optimizer="sgd", lr=0.1, schedule="cosine", max_minutes=0.02,
+                         log_every=1, checkpoint_every=None, device="cpu")
+    summary = fit(_model(), Slow(steps=10, batch=8), config,
+                  callbacks=[lambda e, info: lrs.append(info["lr"]) if e == "step" else None])
+    assert summary["stopped"] == "time_budget" and summary["steps"] < 200
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(0, abs=1e-12)
+    assert lrs[len(lrs) // 2] < 0.09  # about 0.05 by the clock; the cosine over 1,000 steps would be above 0.099
 
 
 def test_a_second_thread_is_refused_the_directory_one_holds(tmp_path):

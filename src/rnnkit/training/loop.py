@@ -73,7 +73,8 @@ class TrainConfig(JSONConfig):
     lr: float | None = None  # None: 20 for sgd/asgd, 2e-3 for adamw
     weight_decay: float = 0.0
     clip: float | None = 0.25  # max gradient norm; None: no clipping
-    schedule: str = "plateau"  # "plateau": lr *= lr_decay when validation stops improving; "cosine";
+    schedule: str = "plateau"  # "plateau": lr *= lr_decay when validation stops improving; "cosine"
+    # to 0 at the end of the epochs, or of max_minutes if that comes first (in one process);
     # "exponential": lr *= lr_decay after every epoch from epoch `decay_start` on (Zaremba et al. 2014)
     lr_decay: float = 0.25  # plateau and exponential factor
     decay_start: int = 4  # exponential: epochs at the full rate
@@ -625,6 +626,17 @@ class _Run:
         st.step += 1
         return True
 
+    def _anneal_by_time(self) -> None:
+        """With a time budget the cosine runs to whichever ends first, the epochs or the budget,
+        so that a run the budget cuts has still annealed: lr = lr_0 (1 + cos(pi p)) / 2 at
+        progress p = max(step / steps, elapsed / budget). Not in a job, whose processes' clocks
+        differ while their rates must not: there the epochs alone set it."""
+        st = self.st
+        progress = min(1.0, max(st.step / self.total_steps, st.elapsed / (60 * self.config.max_minutes)))
+        factor = (1 + math.cos(math.pi * progress)) / 2
+        for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+            group["lr"] = base * factor
+
     def train(self) -> dict[str, Any]:
         if self.group is None:
             return self._train()
@@ -667,6 +679,8 @@ class _Run:
                     if not self.step(i, autocast):
                         continue
                     st.elapsed = time.perf_counter() - started
+                    if config.schedule == "cosine" and config.max_minutes is not None and self.group is None:
+                        self._anneal_by_time()
                     reporting = self.logged == len(self.losses) or st.batch == self.per_epoch
                     if reporting:
                         self.check_losses(final=st.batch == self.per_epoch)
