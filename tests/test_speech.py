@@ -73,7 +73,7 @@ def test_the_acoustic_model_learns_a_handful_of_utterances_to_zero_error(tmp_pat
     summary = train(tmp_path / "model", {"train": utterances, "valid": utterances},
                     SpeechConfig(channels=16, hidden_size=128, num_layers=2, dropout=0.0),
                     SpeechTrainConfig(epochs=300, batch_size=4, lr=3e-3, spec_augment=False, wer_utterances=0,
-                                      checkpoint_every=None, patience=1000))
+                                      checkpoint_every=None, patience=1000, warp=0.0))
     torch.set_num_threads(1)
     from rnnkit.training import load_model
 

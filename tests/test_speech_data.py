@@ -16,7 +16,7 @@ import torch
 from rnnkit.apps.speech.data import (ACCENTS, ALPHABET, HELD_OUT_ACCENT, MAX_SECONDS, SAMPLE_RATE, TEST_SNRS,
                                      TEST_VOICES, TRAIN_VOICES, VARIANTS, Utterance, add_noise, load_split, normalize,
                                      read_wav, resample, speech_corpus, synthesize, write_wav)
-from rnnkit.apps.speech.features import log_mel, mel_filterbank, spec_augment
+from rnnkit.apps.speech.features import log_mel, mel_filterbank, spec_augment, warp_frequencies
 from rnnkit.errors import RnnkitError
 
 
@@ -274,3 +274,16 @@ def test_spec_augment_masks_bands_and_spans():
     again = spec_augment(features, torch.Generator().manual_seed(0), freq_width=15, time_width=0.05)
     assert torch.equal(masked, again)
     assert torch.equal(spec_augment(features, torch.Generator(), freq_masks=0, time_masks=0), features)
+
+
+@pytest.mark.parametrize("alpha", [0.9, 1.1])
+def test_warp_frequencies_moves_a_formant_to_the_channel_alpha_times_lower(alpha):
+    """A peak in channel 40 (centre f_40) lands, warped by alpha, in the channel j whose alpha f_j is
+    nearest f_40. The centres are read off a filterbank with 1 Hz bins, not from the warp's formula."""
+    centres = mel_filterbank(n_fft=16_000).argmax(1).double()  # (80,) Hz
+    features = torch.zeros(3, 80)
+    features[:, 40] = 1.0
+    warped = warp_frequencies(features, alpha)
+    want = int((alpha * centres - centres[40]).abs().argmin())
+    assert (warped.argmax(1) == want).all() and want != 40
+    torch.testing.assert_close(warp_frequencies(features, 1.0), features, atol=1e-6, rtol=0)

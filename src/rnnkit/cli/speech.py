@@ -25,7 +25,7 @@ from .common import LOOP_FLAGS, config_fields, output_dir, run_demo_with_progres
 FLAGS = {
     "hidden": ("model", "hidden_size"), "layers": ("model", "num_layers"), "cell": ("model", "cell"),
     "channels": ("model", "channels"), "dropout": ("model", "dropout"),
-    **LOOP_FLAGS, "wer_utterances": ("train", "wer_utterances"),
+    **LOOP_FLAGS, "wer_utterances": ("train", "wer_utterances"), "warp": ("train", "warp"),
 }
 
 
@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--eval-every", type=int, help="also evaluate every N steps")
     t.add_argument("--checkpoint-every", type=int, help="save the trainer state every N steps (default 200)")
     t.add_argument("--early-stop", type=int, help="stop after N evaluations without improvement")
+    t.add_argument("--warp", type=float,
+                   help="vocal tract length perturbation: frequencies scaled by 1 +- up to this (default 0.1; 0: off)")
     t.add_argument("--wer-utterances", type=int, help="validation utterances transcribed at each evaluation (default 200)")
     t.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     t.add_argument("--force", action="store_true", help="write into --out even if it holds files that are not a model")

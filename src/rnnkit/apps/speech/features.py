@@ -65,6 +65,20 @@ def log_mel(audio: Tensor, n_mels: int = N_MELS) -> Tensor:
     return (features - mean) / (std + 1e-5)
 
 
+def warp_frequencies(features: Tensor, alpha: float, f_max: float = 8_000.0) -> Tensor:
+    """Vocal tract length perturbation (Jaitly & Hinton 2013) of log-mel features (T, F): channel m,
+    centred at f_m Hz, reads what `features` hold at alpha f_m (linearly between channels, the last
+    channel past the top), as the same speech from a vocal tract 1 / alpha times as long sounds.
+    The centres are `mel_filterbank`'s: F + 2 edges evenly spaced on the mel scale from 0 to f_max."""
+    F = features.shape[-1]
+    step = hz_to_mel(f_max) / (F + 1)  # mel between neighbouring centres
+    centres = 700.0 * (10.0 ** (torch.arange(1, F + 1, dtype=torch.float64) * step / 2595.0) - 1.0)  # (F,) Hz
+    position = (2595.0 * torch.log10(1.0 + alpha * centres / 700.0) / step - 1).clamp(0, F - 1)  # (F,) channels
+    below = position.floor().long().clamp(max=F - 2)
+    weight = (position - below).to(features.dtype)
+    return features[..., below] * (1 - weight) + features[..., below + 1] * weight
+
+
 def spec_augment(features: Tensor, generator: torch.Generator, freq_masks: int = 2, freq_width: int = 15,
                  time_masks: int = 2, time_width: float = 0.05) -> Tensor:
     """A copy of features (T, F) with SpecAugment's masks (Park et al. 2019, section 2; no time warp):

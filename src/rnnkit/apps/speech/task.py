@@ -24,7 +24,7 @@ from ...training.loop import Draws, Task, TrainConfig, fit, resolve_device
 from ..translate.data import bucketed
 from . import ctc
 from .data import SAMPLE_RATE, Utterance, read_wav
-from .features import log_mel, spec_augment
+from .features import log_mel, spec_augment, warp_frequencies
 from .model import SpeechConfig, SpeechRecognizer
 
 
@@ -42,12 +42,14 @@ class SpeechTrainConfig(TrainConfig):
     lr_decay: float = 0.5
     patience: int = 1  # evaluations without improvement before the rate is halved
     eval_batch_size: int = 64
+    warp: float = 0.1  # each training utterance's frequencies scaled by alpha ~ U(1 - warp, 1 + warp) (VTLP)
     spec_augment: bool = True  # frequency and time masks on the training features
     wer_utterances: int = 200  # validation utterances transcribed greedily at each evaluation (0: none)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check = FieldChecks(self)
+        check.fraction("warp")
         check.boolean("spec_augment")
         check.integer("wer_utterances", minimum=0)
 
@@ -78,7 +80,8 @@ def _pad(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 
 
 class SpeechTask(Task):
-    """Utterances in batches of similar length, reshuffled every epoch, SpecAugmented in training."""
+    """Utterances in batches of similar length, reshuffled every epoch, warped in frequency and
+    SpecAugmented in training."""
 
     def __init__(self, splits: dict[str, list[Utterance]], model_config: SpeechConfig, config: SpeechTrainConfig
                  ) -> None:
@@ -105,8 +108,12 @@ class SpeechTask(Task):
             self.order = torch.randperm(len(self.groups), generator=generator).tolist()
         group = self.groups[self.order[i]]
         features = [self.features[j] for j in group]
-        if self.config.spec_augment:  # masks drawn from (seed, epoch, batch): a resumed run draws the same
-            generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + self.epoch) * 100_003 + i)
+        # warps and masks drawn from (seed, epoch, batch): a resumed run draws the same
+        generator = torch.Generator().manual_seed((self.config.seed * 1_000_003 + self.epoch) * 100_003 + i)
+        if self.config.warp:
+            alphas = 1 + self.config.warp * (2 * torch.rand(len(features), generator=generator, dtype=torch.float64) - 1)
+            features = [warp_frequencies(f, float(alpha)) for f, alpha in zip(features, alphas)]
+        if self.config.spec_augment:
             features = [spec_augment(f, generator) for f in features]
         return _batch(features, [self.targets[j] for j in group], device)
 
