@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--epochs", type=int, help="default 40")
     t.add_argument("--max-minutes", type=float, help="stop after this much training time, then save and evaluate")
     t.add_argument("--batch-size", type=int, help="utterances per batch (default 32)")
-    t.add_argument("--lr", type=float, help="AdamW learning rate (default 0.0015)")
+    t.add_argument("--lr", type=float, help="AdamW learning rate (default 0.002)")
     t.add_argument("--clip", type=float, help="gradient-norm clipping (default 5)")
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--device", help="auto, cpu, cuda, ... (default auto)")

@@ -37,7 +37,7 @@ class SpeechTrainConfig(TrainConfig):
     epochs: int = 40
     batch_size: int = 32  # utterances per batch, of similar lengths
     optimizer: str = "adamw"
-    lr: float | None = 1.5e-3
+    lr: float | None = 2e-3
     clip: float | None = 5.0
     lr_decay: float = 0.5
     patience: int = 1  # evaluations without improvement before the rate is halved
