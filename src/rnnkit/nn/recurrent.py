@@ -298,7 +298,7 @@ class Recurrent(nn.Module):
             # layers of 160, T 150, B 32, forward and backward: 0.99 s packed, 0.45 s padded layer by
             # layer here); a state that is h alone can be read off the outputs, an LSTM's c cannot
             per_cell = len(weights) // len(self.cells)
-            return self._layerwise(x, state, lengths, lambda k, seq, h0: kernel(
+            return self._layerwise(x, state, lengths, lambda k, seq, h0, valid: kernel(
                 seq, h0[None], weights[k * per_cell : (k + 1) * per_cell], self.bias, 1, 0.0,
                 self.training, False, False)[0])
         per_layer = len(weights) // L
@@ -338,16 +338,17 @@ class Recurrent(nn.Module):
 
     def _scan(self, x: Tensor, state: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
         """Every layer and direction of a ScanCell over the whole sequence at once."""
-        valid = None if lengths is None else (torch.arange(x.shape[0], device=x.device)[:, None] < lengths)[..., None]
-        return self._layerwise(x, state, lengths, lambda k, seq, h0: self.cells[k].scan(seq, h0, valid))
+        return self._layerwise(x, state, lengths, lambda k, seq, h0, valid: self.cells[k].scan(seq, h0, valid))
 
     def _layerwise(
-        self, x: Tensor, state: Tensor, lengths: Tensor | None, run: Callable[[int, Tensor, Tensor], Tensor]
+        self, x: Tensor, state: Tensor, lengths: Tensor | None,
+        run: Callable[[int, Tensor, Tensor, Tensor | None], Tensor],
     ) -> tuple[Tensor, Tensor]:
-        """Layer after layer, direction after direction, `run(k, x (T, B, E), h_0 (B, H))` gives
-        layer-direction k's h at every step (T, B, H). A backward direction reads each sequence
-        reversed within its own length, so every sequence's last valid step holds its final state,
-        whatever the steps past its end computed."""
+        """Layer after layer, direction after direction, `run(k, x (T, B, E), h_0 (B, H), valid)`
+        gives layer-direction k's h at every step (T, B, H); valid (T, B, 1) marks the steps inside
+        each sequence (None without lengths). A backward direction reads each sequence reversed
+        within its own length, so every sequence's last valid step holds its final state, whatever
+        the steps past its end computed."""
         T, B, D = x.shape[0], x.shape[1], self.num_directions
         last = torch.full((1, B, 1), T - 1, device=x.device) if lengths is None else (lengths - 1).view(1, B, 1)
         valid = None if lengths is None else (torch.arange(T, device=x.device)[:, None] < lengths)[..., None]
@@ -358,7 +359,7 @@ class Recurrent(nn.Module):
             for direction in range(D):
                 k = layer * D + direction
                 seq = layer_input if direction == 0 else _reorder(layer_input, order)
-                h = run(k, seq, state[k])  # (T, B, H)
+                h = run(k, seq, state[k], valid)  # (T, B, H)
                 finals.append(h.gather(0, last.expand(-1, -1, h.shape[-1]))[0])
                 h = h if valid is None else h * valid
                 outputs.append(h if direction == 0 else _reorder(h, order))
