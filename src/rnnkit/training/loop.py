@@ -254,11 +254,16 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
 
 
-def schedule_factor(config: TrainConfig, total_steps: int, step: int, epoch: int) -> float:
-    """lr / the base rate after `step` steps and `epoch` epochs, as `make_schedule`'s schedules set
-    it (plateau and none: 1, as when they start)."""
+def schedule_factor(config: TrainConfig, total_steps: int, step: int, epoch: int, elapsed: float = 0.0) -> float:
+    """lr / the base rate after `step` steps, `epoch` epochs and `elapsed` seconds, as
+    `make_schedule`'s schedules set it (plateau and none: 1, as when they start). The cosine runs to
+    whichever ends first, the steps or max_minutes: (1 + cos(pi p)) / 2 at progress
+    p = max(step / steps, elapsed / budget)."""
     if config.schedule == "cosine":
-        return (1 + math.cos(math.pi * step / total_steps)) / 2
+        progress = step / total_steps
+        if config.max_minutes is not None:
+            progress = min(1.0, max(progress, elapsed / (60 * config.max_minutes)))
+        return (1 + math.cos(math.pi * progress)) / 2
     if config.schedule == "exponential":
         return config.lr_decay ** max(0, epoch + 1 - config.decay_start)
     return 1.0
@@ -628,12 +633,10 @@ class _Run:
 
     def _anneal_by_time(self) -> None:
         """With a time budget the cosine runs to whichever ends first, the epochs or the budget,
-        so that a run the budget cuts has still annealed: lr = lr_0 (1 + cos(pi p)) / 2 at
-        progress p = max(step / steps, elapsed / budget). Not in a job, whose processes' clocks
-        differ while their rates must not: there the epochs alone set it."""
+        so that a run the budget cuts has still annealed (`schedule_factor`). Not in a job, whose
+        processes' clocks differ while their rates must not: there the epochs alone set it."""
         st = self.st
-        progress = min(1.0, max(st.step / self.total_steps, st.elapsed / (60 * self.config.max_minutes)))
-        factor = (1 + math.cos(math.pi * progress)) / 2
+        factor = schedule_factor(self.config, self.total_steps, st.step, st.epoch, st.elapsed)
         for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
             group["lr"] = base * factor
 
