@@ -21,9 +21,17 @@ HOP = 160  # 10 ms
 N_MELS = 80
 
 
-def hz_to_mel(f: float) -> float:
-    """The HTK mel scale: mel(f) = 2595 log10(1 + f / 700)."""
-    return 2595.0 * math.log10(1.0 + f / 700.0)
+def hz_to_mel(f: float | Tensor) -> float | Tensor:
+    """The HTK mel scale: mel(f) = 2595 log10(1 + f / 700), of a number or of each element."""
+    return 2595.0 * (torch.log10(1.0 + f / 700.0) if isinstance(f, Tensor) else math.log10(1.0 + f / 700.0))
+
+
+def mel_edges(n_mels: int, f_min: float, f_max: float) -> Tensor:
+    """The n_mels + 2 edges (Hz, float64) of the mel filters, evenly spaced on the mel scale from
+    mel(f_min) to mel(f_max) and back in Hz through f = 700 (10^(m / 2595) - 1): filter m rises
+    from edge m to its centre, edge m + 1, and falls to edge m + 2."""
+    mels = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)
+    return 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
 
 
 def mel_filterbank(n_fft: int = N_FFT, n_mels: int = N_MELS, sample_rate: int = 16_000, f_min: float = 0.0,
@@ -39,8 +47,7 @@ def mel_filterbank(n_fft: int = N_FFT, n_mels: int = N_MELS, sample_rate: int = 
 
     Heights are 1 (no area normalisation): log_mel normalises each channel anyway.
     """
-    mels = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)
-    edges = 700.0 * (10.0 ** (mels / 2595.0) - 1.0)  # (n_mels + 2,) Hz
+    edges = mel_edges(n_mels, f_min, f_max)  # (n_mels + 2,) Hz
     bins = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sample_rate / n_fft  # (K,)
     lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (n_mels, 1) each
     rising = (bins - lower) / (centre - lower)  # (n_mels, K)
@@ -69,11 +76,12 @@ def warp_frequencies(features: Tensor, alpha: float, f_max: float = 8_000.0) -> 
     """Vocal tract length perturbation (Jaitly & Hinton 2013) of log-mel features (T, F): channel m,
     centred at f_m Hz, reads what `features` hold at alpha f_m (linearly between channels, the last
     channel past the top), as the same speech from a vocal tract 1 / alpha times as long sounds.
-    The centres are `mel_filterbank`'s: F + 2 edges evenly spaced on the mel scale from 0 to f_max."""
+    The centres are `log_mel`'s (`mel_filterbank` from 0 Hz to f_max)."""
     F = features.shape[-1]
     step = hz_to_mel(f_max) / (F + 1)  # mel between neighbouring centres
-    centres = 700.0 * (10.0 ** (torch.arange(1, F + 1, dtype=torch.float64) * step / 2595.0) - 1.0)  # (F,) Hz
-    position = (2595.0 * torch.log10(1.0 + alpha * centres / 700.0) / step - 1).clamp(0, F - 1)  # (F,) channels
+    centres = mel_edges(F, 0.0, f_max)[1:-1]  # (F,) Hz
+    # channel m's centre lies at mel (m + 1) step: alpha f_m lies at channel mel(alpha f_m) / step - 1
+    position = (hz_to_mel(alpha * centres) / step - 1).clamp(0, F - 1)  # (F,) channels
     below = position.floor().long().clamp(max=F - 2)
     weight = (position - below).to(features.dtype)
     return features[..., below] * (1 - weight) + features[..., below + 1] * weight
