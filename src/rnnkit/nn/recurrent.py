@@ -19,11 +19,11 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, _VF, nn
-from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ParameterError
 from .cells import Cell, ElmanCell, ScanCell, State, make_cell
+from .functional import dropout
 
 BACKENDS = ("auto", "fused", "scan", "reference")
 _FUSED = {"RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu, "LSTM": _VF.lstm, "GRU": _VF.gru}
@@ -274,17 +274,12 @@ class Recurrent(nn.Module):
         """Per cell, W with DropConnect applied (in training with weight_drop > 0), else None."""
         if not (self.training and self.weight_drop > 0):
             return [None] * len(self.cells)
-        return [F.dropout(cell.W, self.weight_drop, True) for cell in self.cells]
+        return [dropout(cell.W, self.weight_drop) for cell in self.cells]
 
     def _between_layers(self, h: Tensor, mask_shape: tuple[int, ...]) -> Tensor:
         """Dropout on a layer's output before the next layer; with `variational`, mask_shape
         broadcasts one mask over time."""
-        if not self.training:
-            return h
-        if not self.variational:
-            return F.dropout(h, self.dropout, True)
-        keep = 1.0 - self.dropout
-        return h * h.new_empty(mask_shape).bernoulli_(keep).div_(keep)
+        return dropout(h, self.dropout, self.training, mask_shape if self.variational else None)
 
     def _fused(self, x: Tensor, state: State, lengths: Tensor | None) -> tuple[Tensor, State]:
         kernel = _FUSED[self.mode]
@@ -309,22 +304,22 @@ class Recurrent(nn.Module):
             # the kernel reads sequences longest first: permute the state to that order and back
             state = tuple(s.index_select(1, order) for s in state) if self.has_cell_state else state.index_select(1, order)
             x = packed.data  # (sum of lengths, E)
-        # One kernel call for all layers, unless locked masks must go between them.
-        locked = self.training and self.dropout > 0 and self.variational and L > 1
-        groups = [(layer, layer + 1) for layer in range(L)] if locked else [(0, L)]
+        # One kernel call for all layers, unless this layer's dropout goes between them: locked
+        # masks, or any mask on a CPU, where the kernel's own draws cost 2-3x as much (nn.functional)
+        split = self.training and self.dropout > 0 and L > 1 and (self.variational or x.device.type == "cpu")
+        groups = [(layer, layer + 1) for layer in range(L)] if split else [(0, L)]
         finals: list[list[Tensor]] = []
         for first, last in groups:
             hx = tuple(s[first * D : last * D] for s in state) if self.has_cell_state else state[first * D : last * D]
             args = (weights[first * per_layer : last * per_layer], self.bias, last - first,
-                    0.0 if locked else self.dropout, self.training, self.bidirectional)
+                    0.0 if split else self.dropout, self.training, self.bidirectional)
             result = kernel(x, hx, *args, False) if packed is None else kernel(x, packed.batch_sizes, hx, *args)
             x = result[0]
             finals.append(list(result[1:]))
-            if locked and last < L:
-                # one mask per sequence: (1, B, D*H) padded, or the rows of each step when packed
-                mask_shape = (1, B, x.shape[-1])
-                if packed is None:
-                    x = self._between_layers(x, mask_shape)
+            if split and last < L:
+                # a locked mask per sequence: (1, B, D*H) padded, or the rows of each step when packed
+                if packed is None or not self.variational:
+                    x = self._between_layers(x, (1, B, x.shape[-1]))
                 else:
                     mask = self._between_layers(x.new_ones(B, x.shape[-1]), (B, x.shape[-1]))
                     x = x * torch.cat([mask[:n] for n in packed.batch_sizes.tolist()])

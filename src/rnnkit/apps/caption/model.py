@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from ...configs import FieldChecks, JSONConfig
 from ...nn.attention import SCORES, Attention
 from ...nn.cells import State
+from ...nn.functional import dropout
 from ...nn.recurrent import Recurrent
 from ..lm.model import require_eval
 from ..translate.data import PAD
@@ -106,7 +107,7 @@ class Captioner(nn.Module):
         self.out = nn.Linear(H + D, config.vocab_size)
 
     def _drop(self, x: Tensor) -> Tensor:
-        return F.dropout(x, self.config.dropout, self.training) if self.config.dropout else x
+        return dropout(x, self.config.dropout, self.training)
 
     def encode(self, images: Tensor) -> CaptionState:
         """images (B, 3, H, W) in [0, 1] -> the decoder's state before the first word."""

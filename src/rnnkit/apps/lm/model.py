@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from ...configs import FieldChecks, JSONConfig
 from ...errors import ParameterError
 from ...nn.cells import State, cell_class
+from ...nn.functional import cross_entropy, dropout
 from ...nn.recurrent import Recurrent
 
 
@@ -138,20 +139,14 @@ class RNNLanguageModel(nn.Module):
         self.start.copy_(torch.stack([p.mean(dim=1) for p in parts]))  # (S, L, H)
 
     def _dropout(self, x: Tensor, p: float) -> Tensor:
-        if not self.training or p == 0:
-            return x
-        if not self.config.variational or x.dim() < 3:  # one step: a fresh mask is a locked one
-            return F.dropout(x, p, True)
-        keep = 1.0 - p
-        return x * x.new_empty(1, *x.shape[1:]).bernoulli_(keep).div_(keep)  # one mask over T
+        # one step (x.dim() < 3): a fresh mask is a locked one
+        locked = self.config.variational and x.dim() == 3
+        return dropout(x, p, self.training, (1, *x.shape[1:]) if locked else None)  # one mask over T
 
     def embed(self, ids: Tensor) -> Tensor:
         """Token ids (T, B) -> embedded inputs (T, B, E), with word and input dropout in training."""
-        weight = self.embedding.weight
-        p = self.config.dropout_embedding
-        if self.training and p > 0:
-            keep = weight.new_empty(weight.shape[0], 1).bernoulli_(1 - p).div_(1 - p)
-            weight = weight * keep  # a dropped word is dropped at every position of the batch
+        weight = self.embedding.weight  # (V, E); a dropped word is dropped at every position of the batch
+        weight = dropout(weight, self.config.dropout_embedding, self.training, (weight.shape[0], 1))
         return self._dropout(F.embedding(ids, weight), self.config.dropout_input)
 
     def forward(
@@ -196,5 +191,5 @@ class RNNLanguageModel(nn.Module):
     def loss(self, ids: Tensor, targets: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """Mean cross-entropy (nats per token) of predicting targets (T, B) from ids (T, B)."""
         logits, state = self(ids, state)
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten()), state
+        return cross_entropy(logits.flatten(0, 1), targets.flatten()), state
 

@@ -26,6 +26,7 @@ from ...configs import FieldChecks, JSONConfig
 from ...errors import ParameterError
 from ...nn.attention import SCORES, Attention
 from ...nn.cells import State, cell_class
+from ...nn.functional import dropout
 from ...nn.recurrent import Recurrent
 from ..lm.model import require_eval
 from .data import PAD, Batch
@@ -102,7 +103,7 @@ class Translator(nn.Module):
             self.out.weight = self.target_embedding.weight
 
     def _drop(self, x: Tensor) -> Tensor:
-        return F.dropout(x, self.config.dropout, self.training) if self.config.dropout else x
+        return dropout(x, self.config.dropout, self.training)
 
     def encode(self, source: Tensor, lengths: Tensor) -> DecoderState:
         """Read source ids (S, B) of `lengths` (B,); the decoder's state before its first token."""
