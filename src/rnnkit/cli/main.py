@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .._version import __version__
+from ..allocator import keep_freed_memory
 from ..errors import ParameterError, RnnkitError
 from ..training import distributed
 from ..training.distributed import Follower
@@ -62,6 +63,7 @@ def in_flag_words(error: RnnkitError, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    keep_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "run", None) is None:

@@ -46,6 +46,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from ..allocator import keep_freed_memory
 from ..configs import FieldChecks, JSONConfig
 from ..data import detach_state
 from ..errors import ParameterError, RnnkitError
@@ -663,6 +664,8 @@ class _Run:
 
     def _train(self) -> dict[str, Any]:
         config, st = self.config, self.st
+        if self.device.type == "cpu":
+            keep_freed_memory()  # every step allocates the same large tensors again
         # matrix products in bf16, weights, optimizer and evaluation in float32
         precision = {"cuda": config.bf16, "cpu": config.cpu_bf16}
         autocast = torch.autocast(self.device.type if self.device.type in precision else "cpu", dtype=torch.bfloat16,
