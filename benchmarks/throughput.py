@@ -20,6 +20,10 @@ Inference (on the CPU, each model in a fresh process): `predict_next` latency (m
 200 calls, a 20-word prompt, warm model) and `sample` tokens/s (200 tokens, temperature 1 and
 greedy), random weights.
 
+Every part runs with `rnnkit.keep_freed_memory()`, as the `rnnkit` commands and the training loop
+on a CPU set it (glibc keeps freed blocks mapped); the setting is process-wide, so the plain loop
+gets it as well.
+
     python benchmarks/throughput.py [--quick] [--device cpu|cuda|auto] [--cells lstm,gru,rnn]
         [--shapes small,medium,char] [--parts train,inference,processes] [--processes 1,2] [--json]
         [--markdown docs/benchmarks.md]
@@ -49,7 +53,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rnnkit import LMConfig, LMTrainConfig, RNNLanguageModel, predict_next, sample, train
+from rnnkit import LMConfig, LMTrainConfig, RNNLanguageModel, keep_freed_memory, predict_next, sample, train
 from rnnkit.data import EOS, UNK, Corpus, WordTokenizer
 from rnnkit.io import atomic_write
 from rnnkit.training.loop import DEFAULT_LR
@@ -571,6 +575,9 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="write the tables into this file (e.g. docs/benchmarks.md)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)  # a measurement in a fresh process
     args = parser.parse_args()
+    # as every `rnnkit` command and the training loop on a CPU set it; process-wide, so the plain
+    # loop's rounds and the inference children run with it too, and the ratios compare the loops
+    keep_freed_memory()
     if args._child:
         print(json.dumps(_child(json.loads(args._child))))
         return

@@ -194,3 +194,11 @@ def test_inference_quick_compares_torch_onnx_int8_and_int4(tmp_path):
     perplexity = report["text"]["perplexity"]
     assert report["text"]["tokens"] == 400 and perplexity["onnx"] == pytest.approx(perplexity["torch"], rel=1e-4)
     assert "## Inference runtimes: CPU" in (tmp_path / "b.md").read_text()
+
+
+@pytest.mark.slow
+def test_revisions_compares_this_checkout_with_another_revision():
+    done = _run("revisions.py", "--base", "HEAD", "--cases", "word300awd-fp32", "--rounds", "1", "--steps", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["rows"]
+    assert row["case"] == "word300awd-fp32" and row["this"] > 0 and row["base"] > 0 and row["ratio"] > 0

@@ -6,7 +6,9 @@ L layers, D directions (1 or 2).
 The layers, each importing only those above it in this list:
 
     errors, configs, io     exceptions, JSON configs, atomic files
-    nn                      cells (an open registry) and Recurrent, the layer that unrolls them
+    allocator               keep_freed_memory: glibc's malloc keeps freed blocks for the next step
+    nn                      cells (an open registry), Recurrent (the layer that unrolls them), and
+                            functional: dropout and cross-entropy, cheaper on a CPU
     data                    text files, tokenizers, memmap corpora, BPTT batches, downloads
     training                one loop for every task, callbacks, the model directory (by kind)
     decoding                sampling and beam search over a step protocol
@@ -17,6 +19,7 @@ The layers, each importing only those above it in this list:
 """
 
 from ._version import __version__
+from .allocator import keep_freed_memory
 from .apps.lm import LMConfig, LMTrainConfig, RNNLanguageModel, beam_search, evaluate, predict_next, sample, train
 from .apps.caption import CaptionConfig, Captioner
 from .apps.speech import SpeechConfig, SpeechRecognizer
@@ -49,6 +52,7 @@ __all__ = [
     "build_corpus",
     "evaluate",
     "fit",
+    "keep_freed_memory",
     "load_model",
     "make_cell",
     "predict_next",

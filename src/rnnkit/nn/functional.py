@@ -6,7 +6,8 @@ drawing dropout masks and reading the (N, V) logits in the loss. Profiled on a 2
 Bernoulli number per element through a scalar sampler, 3 ms for one 1200 x 300 DropConnect mask and
 39 ms for a (128, 64, 768) activation; `F.cross_entropy` on bf16 logits casts them to float32,
 writes the log-probabilities, zero-fills an (N, V) gradient for the picked entries and casts the
-result back, five passes over N V numbers where two suffice.
+result back: five passes over N V numbers, where keeping the softmax takes one forward and one
+backward (19 -> 9.7 ms for bf16 logits of 700 x 10,000 here, 14 -> 5.5 ms in float32).
 """
 
 from __future__ import annotations
