@@ -81,6 +81,9 @@ class _CrossEntropy(torch.autograd.Function):
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """`F.cross_entropy(logits, targets)` (mean over N) for logits (N, V) and class ids (N,),
-    computed in float32 (float64 for float64 logits) and differentiated into the logits' dtype."""
-    with torch.autocast(logits.device.type, enabled=False):
+    computed in float32 (float64 for float64 logits) and differentiated into the logits' dtype.
+    A GPU keeps `F.cross_entropy`'s fused kernels, and no step waits for the host."""
+    if logits.device.type != "cpu":
+        return F.cross_entropy(logits, targets)
+    with torch.autocast("cpu", enabled=False):
         return _CrossEntropy.apply(logits, targets)
