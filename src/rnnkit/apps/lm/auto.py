@@ -109,20 +109,22 @@ def model_fields(regime: str, hidden: int, vocab_size: int, s: float) -> dict[st
 
 
 def measure_speed(model_config: LMConfig, batch_size: int, bptt: int, optimizer: str,
-                  device: torch.device = torch.device("cpu"), bf16: bool = False, steps: int = 3) -> Speed:
-    """This model's speeds on `device`, each the median of `steps` timed steps after one warm-up, on
-    random ids (the global RNG is left as it was): training (forward, backward, optimizer step; with
-    bf16 autocast, as `cpu_bf16` trains) and evaluation (a forward pass of EVAL_BATCH_SIZE streams in
-    float32, as the evaluation after every epoch runs)."""
+                  device: torch.device = torch.device("cpu"), bf16: bool = False, steps: int = 5,
+                  warmup: int = 3) -> Speed:
+    """This model's speeds on `device`, each the median of `steps` timed steps after `warmup`
+    untimed ones (on a CPU the first three or so run at half speed while the kernels and the
+    allocator settle), on random ids (the global RNG is left as it was): training (forward,
+    backward, clipping, optimizer step; with bf16 autocast, as `cpu_bf16` trains) and evaluation (a
+    forward pass of EVAL_BATCH_SIZE streams in float32, as the evaluation after every epoch runs)."""
 
     def median_seconds(step: Any) -> float:
         times = []
-        for i in range(steps + 1):
+        for i in range(warmup + steps):
             start = time.perf_counter()
             step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            if i:
+            if i >= warmup:
                 times.append(time.perf_counter() - start)
         return statistics.median(times)
 
@@ -137,6 +139,7 @@ def measure_speed(model_config: LMConfig, batch_size: int, bptt: int, optimizer:
                 loss, _ = model.loss(ids[:-1, :batch_size], ids[1:, :batch_size])
             opt.zero_grad()
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
 
         @torch.no_grad()
