@@ -11,7 +11,7 @@ initial weights and the same batches; the mean training loss of each over its la
         [--steps 160] [--quick] [--json] [--markdown docs/benchmarks.md]
 
 bf16 is fast only where the CPU multiplies it in hardware (AMX: Intel Xeon from Sapphire Rapids
-on); elsewhere PyTorch emulates it, and the ratio says so.
+on; AVX512-BF16: AMD EPYC from Zen 4 on); elsewhere PyTorch emulates it, and the ratio says so.
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ def markdown_section(report: dict[str, Any]) -> str:
     lines = ["## bf16 autocast on the CPU", "",
              f"`python benchmarks/precision.py {s['command']}`, measured {m['date']} on {m['cpu']}, {m['cpu_count']} "
              f"cores; PyTorch {m['torch']}, {m['torch_threads']} threads; the CPU "
-             f"{'has' if report['native_bf16'] else 'lacks'} AMX. rnnkit's LSTM language model, a training step "
-             "(forward, backward, clipping, optimizer) on random ids, interleaved rounds, median tokens/s.", "",
+             f"{'multiplies bf16 in hardware' if report['native_bf16'] else 'emulates bf16'}. rnnkit's LSTM language "
+             "model, a training step (forward, backward, clipping, optimizer) on random ids, interleaved rounds, median "
+             "tokens/s.", "",
              "| shape | float32 (tok/s) | bf16 (tok/s) | bf16 / float32 |", "|---|---|---|---|"]
     for r in report["speed"]:
         lines.append(f"| {r['shape']} | {r['float32_tokens_per_s']:,.0f} | {r['bf16_tokens_per_s']:,.0f} "
@@ -140,7 +141,7 @@ def main() -> None:
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     machine = machine_info()
     say(f"precision.py: {machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}, "
-        f"AMX {'yes' if native_cpu_bf16() else 'no'}")
+        f"bf16 in hardware (AMX or AVX512-BF16) {'yes' if native_cpu_bf16() else 'no'}")
     speed = []
     for name, shape in shapes.items():
         steps = 3 if args.quick else max(3, 60_000 // (shape.batch * shape.bptt))  # about 60k tokens a round

@@ -101,7 +101,7 @@ def test_train_without_flags_says_the_rule_and_trains_within_the_budget(tmp_path
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["train"]["schedule"] == "cosine" and saved["train"]["max_minutes"] == 0.05
     assert saved["model"]["tie_weights"] is True
-    assert saved["train"]["cpu_bf16"] is native_cpu_bf16()  # bf16 where the CPU has AMX
+    assert saved["train"]["cpu_bf16"] is native_cpu_bf16()  # bf16 where the CPU multiplies it in hardware
     assert main(["train", "--data", str(text), "--out", str(tmp_path / "f"), "--max-minutes", "0.05", "--no-cpu-bf16",
                  "--quiet"]) == 0
     assert "measuring this machine" in capsys.readouterr().err  # the rule still chooses, in float32

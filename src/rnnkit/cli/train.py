@@ -68,9 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, help="save the trainer state every N steps (default 200)")
     p.add_argument("--early-stop", type=int, help="stop after N evaluations without improvement")
     p.add_argument("--cpu-bf16", action=argparse.BooleanOptionalAction,
-                   help="matrix products in bf16 on the CPU (autocast): 1.5-2.5x as fast on a CPU with AMX (Intel Xeon "
-                   "from Sapphire Rapids on), slower elsewhere (default: off; with no model or training flag, on where "
-                   "the CPU has AMX)")
+                   help="matrix products in bf16 on the CPU (autocast): 1.5-2.5x as fast on a CPU that multiplies bf16 "
+                   "in hardware (AMX: Intel Xeon from Sapphire Rapids on; AVX512-BF16: AMD EPYC from Zen 4 on), slower "
+                   "elsewhere (default: off; with no model or training flag, on where the CPU multiplies bf16)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     p.add_argument("--force", action="store_true",
                    help="write into --out even if it holds files that are not an rnnkit model")

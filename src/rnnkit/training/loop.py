@@ -90,7 +90,7 @@ class TrainConfig(JSONConfig):
     device: str = "auto"  # "auto" (cuda when present), or a torch device: "cpu", "cuda", "cuda:1"
     max_minutes: float | None = None  # stop (and save) after this much training time
     bf16: bool = True  # bf16 autocast on CUDA
-    cpu_bf16: bool = False  # bf16 autocast on the CPU: fast where it multiplies bf16 in hardware (`native_cpu_bf16`), slow elsewhere
+    cpu_bf16: bool = False  # bf16 autocast on the CPU: fast where the CPU multiplies bf16 (`native_cpu_bf16`)
 
     def __post_init__(self) -> None:
         check = FieldChecks(self)
