@@ -22,11 +22,12 @@ greedy), random weights.
 
 Every part runs with `rnnkit.keep_freed_memory()`, as the `rnnkit` commands and the training loop
 on a CPU set it (glibc keeps freed blocks mapped); the setting is process-wide, so the plain loop
-gets it as well.
+gets it as well. On CUDA both loops train in bf16 autocast (float32 with --fp32); on a CPU in float32,
+or in bf16 autocast with --cpu-bf16.
 
     python benchmarks/throughput.py [--quick] [--device cpu|cuda|auto] [--cells lstm,gru,rnn]
-        [--shapes small,medium,char] [--parts train,inference,processes] [--processes 1,2] [--json]
-        [--markdown docs/benchmarks.md]
+        [--shapes small,medium,char] [--parts train,inference,processes] [--processes 1,2] [--cpu-bf16]
+        [--json] [--markdown docs/benchmarks.md]
 
 No data set is needed (the ids are random). `--device cuda` without a GPU prints why and exits 0.
 """
@@ -96,7 +97,7 @@ class Case:
     name: str  # "small", "medium", "small-b128", ...
     shape: Shape
     device: str
-    bf16: bool  # the trainer's bf16 autocast on CUDA, mirrored by the plain loop
+    bf16: bool  # the trainer's bf16 autocast (on CUDA by default, on a CPU with --cpu-bf16), mirrored by the plain loop
 
     @property
     def tokens_per_step(self) -> int:
@@ -193,7 +194,7 @@ def run_rnnkit(case: Case, corpus: Corpus, directory: Path, steps: int, span: Sp
                             embedding_size=shape.embedding, num_layers=shape.layers)
     config = LMTrainConfig(
         epochs=1, batch_size=B, bptt=T, optimizer=shape.optimizer, lr=DEFAULT_LR[shape.optimizer], clip=CLIP,
-        checkpoint_every=None, seed=SEED, device=case.device, bf16=case.bf16,
+        checkpoint_every=None, seed=SEED, device=case.device, bf16=case.bf16, cpu_bf16=case.bf16,
     )
     summary = train(directory, corpus, model_config, config, callback=on_event)
     if summary["steps"] != WARMUP + steps or (timed and span.seconds is None):
@@ -225,7 +226,7 @@ def run_plain(case: Case, ids: np.ndarray, warmup: int, steps: int, span: Span) 
     lr = DEFAULT_LR[case.shape.optimizer]
     optimizer = (torch.optim.SGD(model.parameters(), lr=lr) if case.shape.optimizer == "sgd"
                  else torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=case.device == "cuda" and case.bf16)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.bf16)
     h = torch.zeros(L, B, H, device=device)
     state: Any = (h, h.clone()) if case.cell == "lstm" else h
     for i in range(warmup + steps):
@@ -317,7 +318,7 @@ def bench_training(case: Case, rounds: int, steps: int, memory_steps: int) -> di
     tokens = steps * case.tokens_per_step
     result: dict[str, Any] = {
         "cell": case.cell, "shape": case.name, **asdict(case.shape), "device": case.device,
-        "bf16": case.device == "cuda" and case.bf16, "rounds": rounds, "steps": steps, "warmup_steps": WARMUP,
+        "bf16": case.bf16, "rounds": rounds, "steps": steps, "warmup_steps": WARMUP,
     }
     for loop, values in seconds.items():
         result[f"{loop}_tokens_per_s"] = tokens / statistics.median(values)
@@ -571,6 +572,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: about --seconds)")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of a timed span when --steps is not given")
     parser.add_argument("--fp32", action="store_true", help="on CUDA, train in float32 (default: bf16 autocast, as rnnkit train)")
+    parser.add_argument("--cpu-bf16", action="store_true", help="on a CPU, train in bf16 autocast (as rnnkit train --cpu-bf16)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with all results (progress to stderr)")
     parser.add_argument("--markdown", type=Path, help="write the tables into this file (e.g. docs/benchmarks.md)")
     parser.add_argument("--_child", help=argparse.SUPPRESS)  # a measurement in a fresh process
@@ -597,6 +599,7 @@ def main() -> None:
         return
     device = "cuda" if args.device == "auto" and torch.cuda.is_available() else "cpu" if args.device == "auto" else args.device
     rounds = args.rounds or (2 if args.quick else 5)
+    bf16 = not args.fp32 if device == "cuda" else args.cpu_bf16
     say = (lambda s: print(s, file=sys.stderr, flush=True)) if args.json else (lambda s: print(s, flush=True))
     machine = machine_info()
     say(
@@ -612,7 +615,7 @@ def main() -> None:
                 if device == "cuda":
                     variants.append((f"{name}-b{GPU_BATCH}", replace(shape, batch=GPU_BATCH)))
                 for case_name, case_shape in variants:
-                    case = Case(CELL_NAMES[cell], case_name, case_shape, device, not args.fp32)
+                    case = Case(CELL_NAMES[cell], case_name, case_shape, device, bf16)
                     steps = args.steps or (WARMUP if args.quick else _steps_for(case, args.seconds))
                     training.append(bench_training(case, rounds, steps, memory_steps=WARMUP))
                     say(_line_training(training[-1]))
@@ -620,7 +623,7 @@ def main() -> None:
     if "processes" in parts:
         for cell in cells:
             for name, shape in shapes.items():
-                case = Case(CELL_NAMES[cell], name, shape, device, not args.fp32)
+                case = Case(CELL_NAMES[cell], name, shape, device, bf16)
                 steps = args.steps or (WARMUP if args.quick else _steps_for(case, args.seconds))
                 processes.append(bench_processes(case, counts, rounds, steps))
                 say(_line_processes(processes[-1]))

@@ -32,6 +32,14 @@ def test_throughput_quick_reports_both_loops_and_inference():
 
 
 @pytest.mark.slow
+def test_throughput_quick_trains_both_loops_in_bf16_with_cpu_bf16():
+    done = _run("throughput.py", "--quick", "--device", "cpu", "--parts", "train", "--cpu-bf16", "--json")
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)["training"]
+    assert row["bf16"] is True and row["rnnkit_tokens_per_s"] > 0 and row["plain_tokens_per_s"] > 0
+
+
+@pytest.mark.slow
 def test_throughput_quick_compares_one_and_two_processes(tmp_path):
     done = _run("throughput.py", "--quick", "--device", "cpu", "--parts", "processes", "--rounds", "1", "--json",
                 "--markdown", str(tmp_path / "b.md"))
