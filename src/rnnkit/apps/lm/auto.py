@@ -30,9 +30,10 @@ The rule, from the training text's size N (tokens), its tokenizer, this machine 
    400)) reached 97.5: over few passes the model is held back more than it overfits. The rule as it
    is then chose 2x512 over 12 epochs at s = 0.27 and reached 88.7. Characters get dropout s alone.
 6. Precision: matrix products in bf16 (autocast; weights and optimizer in float32) on a GPU, and on
-   a CPU that multiplies bf16 in hardware (AMX or AVX512-BF16, `native_cpu_bf16`), where it trains 1.5-2.5 times as
-   many tokens a second (the training speeds of step 3 are measured in it), so the same budget buys
-   a wider model or more passes; float32 on other CPUs. `--no-cpu-bf16` keeps float32.
+   a CPU that multiplies bf16 in hardware (AMX or AVX512-BF16, `native_cpu_bf16`), where it trains
+   1.5-2.5 times as many tokens a second (the training speeds of step 3 are measured in it), so the
+   same budget buys a wider model or more passes; float32 on other CPUs. `--no-cpu-bf16` keeps
+   float32.
 
 A measured rate is only as good as the machine is quiet; the budget also stops the run, so a slower
 machine ends it early rather than late.
